@@ -1,0 +1,37 @@
+# The only commands: make install | lint | test | demo | bench (see README.md).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?=
+SHARED ?= ../shared/data
+
+.PHONY: install lint test demo bench bench-quality clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check core training export service bench tests
+	$(BIN)/mypy core
+	$(BIN)/lint-imports
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/python -m core.demo $(if $(DATA),--data $(DATA),)
+
+bench: bench-quality
+
+bench-quality: install
+	$(BIN)/python -m bench.quality --data-root $(SHARED)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
