@@ -26,7 +26,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 demo: install
-	$(BIN)/python -m core.demo $(if $(DATA),--data $(DATA),)
+	$(BIN)/python -m training.demo $(if $(DATA),--data $(DATA),) $(DEMO_ARGS)
 
 bench: bench-quality
 

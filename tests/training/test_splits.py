@@ -1,0 +1,66 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.data.interactions import from_frame
+from training.data.splits import cold_start_split, leave_one_out
+
+
+def _data():
+    rows = []
+    # u1: a1 b1 a2 b2 a3 b3 a4  (a = target)
+    for pos, it in enumerate(["a1", "b1", "a2", "b2", "a3", "b3", "a4"]):
+        rows.append(("u1", it, "a" if it[0] == "a" else "b", pos))
+    # u2 has only two target items: not evaluated, all of it is training data
+    for pos, it in enumerate(["a1", "a2", "b1"]):
+        rows.append(("u2", it, "a" if it[0] == "a" else "b", pos))
+    return from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "domain", "order"]))
+
+
+def test_leave_one_out_holds_out_last_two_target_items_in_time_order() -> None:
+    data = _data()
+    split = leave_one_out(data, "a")
+    ids = data.item_ids["a"]
+    assert [ids[i] for i in split.test.targets] == ["a4"]
+    assert [ids[i] for i in split.valid.targets] == ["a3"]
+    assert [ids[i] for i in split.test.target_hist[0]] == ["a1", "a2", "a3"]
+    assert [data.item_ids["b"][i] for i in split.test.source_hist[0]] == ["b1", "b2", "b3"]
+    assert [data.item_ids["b"][i] for i in split.valid.source_hist[0]] == ["b1", "b2"]
+
+
+def test_leave_one_out_training_data_stops_before_the_valid_item() -> None:
+    data = _data()
+    split = leave_one_out(data, "a")
+    u1 = data.user_ids.index("u1")
+    train_u1 = split.train[split.train["user"] == u1]
+    assert train_u1["order"].max() < 4  # a3 is at order 4
+    u2 = data.user_ids.index("u2")
+    assert len(split.train[split.train["user"] == u2]) == 3
+
+
+def test_merged_history_interleaves_in_time() -> None:
+    data = _data()
+    split = leave_one_out(data, "a")
+    n = data.n_items("a")
+    merged = split.test.merged_hist(n)[0]
+    assert len(merged) == 6
+    assert merged[0] == split.test.target_hist[0][0] and merged[1] > n
+
+
+def test_cold_start_split_hides_whole_target_history_and_separates_valid_from_test() -> None:
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"{d}{rng.integers(1, 9)}", d, p) for u in range(40) for p, d in enumerate("ababab")]
+    data = from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "domain", "order"]))
+    split = cold_start_split(data, "b", "a", beta=0.5, seed=1)
+    cold = set(split.valid_users) | set(split.test_users)
+    assert len(cold) == 20 and not set(split.valid_users) & set(split.test_users)
+    hidden_in_train = split.train[(split.train["domain"] == "a") & split.train["user"].isin(cold)]
+    assert hidden_in_train.empty
+    assert set(split.hidden["user"]) == cold
+    ex = split.ranking_examples(split.test_users)
+    assert all(len(t) == 0 for t in ex.target_hist) and all(len(s) > 0 for s in ex.source_hist)
+
+
+def test_cold_start_split_rejects_bad_beta() -> None:
+    with pytest.raises(ValueError, match="beta"):
+        cold_start_split(_data(), "b", "a", beta=1.5)
