@@ -45,7 +45,8 @@ def update_json(bench: str, records: list[dict[str, Any]], docs: Path = DOCS) ->
 def update_markdown(bench: str, section: str, docs: Path = DOCS) -> Path:
     path = docs / "results.md"
     docs.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else "# Results\n\nEvery figure here was printed by the command above its table.\n"
+    header = "# Results\n\nEvery figure here was printed by the command above its table.\n"
+    text = path.read_text() if path.exists() else header
     begin, end = f"<!-- bench:{bench} -->", f"<!-- /bench:{bench} -->"
     block = f"{begin}\n{section.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)

@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("training.data.cli", "inspect data: `cdrec data stats PATH`, `cdrec data synth OUT.csv`"),
     "train": ("training.cli", "train a model: `cdrec train sasrec --data PATH --target-domain D`"),
     "evaluate": ("training.evaluate_cli", "print a metrics table for a checkpoint or a baseline"),
+    "export": ("export.cli", "checkpoints -> a verified ONNX + FAISS bundle; `cdrec export verify BUNDLE`"),
 }
 
 

@@ -60,8 +60,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CDREC_", env_nested_delimiter="__", extra="forbid")
 
-    data: DataSettings = DataSettings()
-    train: TrainSettings = TrainSettings()
-    eval: EvalSettings = EvalSettings()
-    redis: RedisSettings = RedisSettings()
-    service: ServiceSettings = ServiceSettings()
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)

@@ -24,10 +24,12 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, exclude: Sequ
     """0-based rank of each target among eligible items. scores (B, N+1), targets (B,)."""
     scores = scores.detach().float().clone()
     scores[:, 0] = -torch.inf
-    for row, items in enumerate(exclude):
-        if len(items):
-            scores[row, torch.as_tensor(items, dtype=torch.long)] = -torch.inf
     target_scores = scores.gather(1, targets.view(-1, 1))  # (B, 1)
+    counts = [len(items) for items in exclude]
+    if sum(counts):  # one scatter for the whole batch instead of a Python loop over rows
+        rows = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts))
+        cols = torch.as_tensor(np.concatenate([np.asarray(i, dtype=np.int64) for i in exclude]))
+        scores[rows, cols] = -torch.inf
     # the target was possibly excluded as a history item: restore its own score
     scores.scatter_(1, targets.view(-1, 1), target_scores)
     # NaN must never win: a NaN score is treated as the worst possible
@@ -55,8 +57,11 @@ def evaluate_ranking(
 ) -> dict[str, float]:
     """Full-ranking HR@k, NDCG@k and MRR of ``score_fn`` on ``examples``."""
     ranks = []
+    # batches of similar history length, so the encoders' padding trim drops most columns
+    lengths = np.array([len(t) + len(s) for t, s in zip(examples.target_hist, examples.source_hist, strict=True)])
+    order = np.argsort(lengths, kind="stable")
     for start in range(0, len(examples), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(examples)))
+        idx = order[start : start + batch_size]
         batch = examples.subset(idx)
         scores = score_fn(batch)
         ranks.append(ranks_from_scores(scores, torch.as_tensor(batch.targets), batch.target_hist).numpy())

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data.batches import encode_histories, next_item_pairs, shuffled_batches
+from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
 from training.fit import FitResult, fit
-from training.models.sasrec import SASRec, SASRecConfig, sequence_loss
+from training.models.sasrec import SASRec, SASRecConfig, popularity_sampler, sequence_loss
 
 
 @dataclass
@@ -26,13 +26,15 @@ class SASRecArgs:
     epochs: int = 30
     patience: int = 3
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
     dim: int = 64
     layers: int = 2
     heads: int = 2
     dropout: float = 0.2
     max_len: int = 50
     weight_decay: float = 0.0
+    negatives: int = 2048  # 0 = full softmax; >0 = sampled softmax with that many shared negatives
+    neg_power: float = 1.0  # negatives drawn ∝ popularity ** neg_power (0 = uniform), logQ-corrected
     seed: int = 0
 
 
@@ -66,11 +68,13 @@ def train_sasrec(
     model = SASRec(SASRecConfig(n_vocab, args.dim, args.layers, args.heads, args.dropout, args.max_len))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scorer = sasrec_scorer(model, args.max_len, n_target, merged)
+    sampler = popularity_sampler(labels, n_vocab, args.neg_power)
 
     def train_epoch(epoch: int) -> float:
         total, n = 0.0, 0
-        for x, y in shuffled_batches([inputs, labels], args.batch_size, rng):
-            loss = sequence_loss(model, x, y)
+        for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
+            x, y = trim_left_padding(*batch)
+            loss = sequence_loss(model, x, y, args.negatives, sampler)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -17,15 +17,39 @@ def next_item_pairs(seqs: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarra
 
 
 def shuffled_batches(
-    arrays: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator
+    arrays: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, bucket: bool = True
 ) -> Iterator[list[torch.Tensor]]:
-    """Yield aligned mini-batches of every array, in a random order."""
+    """Yield aligned mini-batches of every array, in a random order.
+
+    ``bucket``: rows of similar length (non-padding count of the first array) share a batch, so that
+    ``trim_left_padding`` can drop most columns; which batch comes when is still random each epoch.
+    """
     n = len(arrays[0])
+    if bucket:
+        lengths = (arrays[0] != 0).sum(axis=1)
+        order = np.lexsort((rng.random(n), lengths))  # by length, random among equals
+        batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+        for b in rng.permutation(len(batches)):
+            yield [torch.as_tensor(a[batches[b]]) for a in arrays]
+        return
     order = rng.permutation(n)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         yield [torch.as_tensor(a[idx]) for a in arrays]
 
 
+def trim_left_padding(*seqs: torch.Tensor) -> list[torch.Tensor]:
+    """Drop the columns that are padding in every row of the first (B, T) tensor, from every tensor.
+
+    Sequences are left-padded and the models count positions from the most recent item, so removing
+    all-padding columns changes no output (the padding-invariance tests pin that) and saves most of the
+    attention cost on short histories.
+    """
+    longest = int((seqs[0] != 0).sum(dim=1).max()) if seqs[0].numel() else 0
+    keep = max(1, longest)
+    return [s[:, -keep:] for s in seqs]
+
+
 def encode_histories(histories: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
-    return torch.as_tensor(encode_batch(histories, max_len))
+    """Encode histories with the one encoder, then trim columns that are padding in every row."""
+    return trim_left_padding(torch.as_tensor(encode_batch(histories, max_len)))[0]

@@ -28,11 +28,12 @@ class EncoderConfig:
 def attention_mask(pad: torch.Tensor, causal: bool) -> torch.Tensor:
     """Boolean (B, 1, T, T) mask, True where a query may attend. ``pad`` is (B, T), True at padding."""
     T = pad.shape[1]
+    ar = torch.arange(T, device=pad.device)
     allowed = ~pad[:, None, None, :]  # (B, 1, 1, T): keys that are real items
     if causal:
-        ar = torch.arange(T, device=pad.device)
         allowed = allowed & (ar[None, :] <= ar[:, None])[None, None]  # (B, 1, T, T)
-    eye = torch.eye(T, dtype=torch.bool, device=pad.device)[None, None]
+    # the diagonal built by comparison, not torch.eye: onnxruntime has no boolean EyeLike kernel
+    eye = (ar[:, None] == ar[None, :])[None, None]
     return allowed | eye
 
 
@@ -86,8 +87,10 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         T = x.shape[1]
-        # positions count back from the most recent item, so the newest is always position 0 whatever T is
-        pos = torch.arange(T - 1, -1, -1, device=x.device)
+        # positions count back from the most recent item, so the newest is always position 0 whatever T is.
+        # (T - 1) - arange, not a descending arange: onnxruntime's GatherToSliceFusion turns the latter into an
+        # empty Slice, silently zeroing the position embeddings
+        pos = (T - 1) - torch.arange(T, device=x.device)
         x = self.drop(x + self.pos(pos)[None])
         x = x.masked_fill(pad[..., None], 0.0)
         mask = attention_mask(pad, self.causal)

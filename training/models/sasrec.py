@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -58,10 +59,49 @@ class SASRec(nn.Module):
         return self(seq) @ self.item_vectors().T  # (B, N+1)
 
 
-def sequence_loss(model: SASRec, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-item cross-entropy over the full catalogue at every position whose label is a real item."""
+def softmax_loss(
+    h: torch.Tensor,
+    labels: torch.Tensor,
+    items: torch.Tensor,
+    negatives: int = 0,
+    sampler: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next-item cross-entropy of hidden states ``h`` (M, D) against ``labels`` (M,) over item vectors (N+1, D).
+
+    ``negatives=0``: the full catalogue. ``negatives>0``: a sampled softmax over the label and that many items
+    shared by the batch, drawn from ``sampler`` (N+1 probabilities; uniform when None) with the logQ
+    correction, so the sampled loss is an unbiased stand-in for the full one; accidental hits are masked. On
+    CPU the full softmax's exp over M x N logits dominates training, and this is ~N/negatives times cheaper.
+    """
+    if negatives <= 0 or negatives >= items.shape[0] - 1:
+        logits = h @ items.T  # (M, N+1)
+        logits[:, 0] = -1e9
+        return F.cross_entropy(logits, labels)
+    if sampler is None:
+        sampler = torch.ones(items.shape[0], device=h.device)
+        sampler[0] = 0
+        sampler = sampler / sampler.sum()
+    neg = torch.multinomial(sampler, negatives, replacement=True)  # (S,)
+    log_q = torch.log(sampler * negatives + 1e-12)
+    pos_logit = (h * items[labels]).sum(-1, keepdim=True) - log_q[labels][:, None]  # (M, 1)
+    neg_logit = h @ items[neg].T - log_q[neg][None, :]  # (M, S)
+    neg_logit = neg_logit.masked_fill(neg[None, :] == labels[:, None], -1e9)
+    logits = torch.cat([pos_logit, neg_logit], dim=1)  # (M, 1 + S)
+    return F.cross_entropy(logits, torch.zeros_like(labels))
+
+
+def popularity_sampler(labels: np.ndarray, n_items: int, power: float = 0.75) -> torch.Tensor:
+    """Negative-sampling distribution ∝ (count + 1) ** power over items 1..n_items (0 never drawn)."""
+    counts = np.bincount(labels[labels > 0], minlength=n_items + 1).astype(np.float64) + 1.0
+    probs = counts**power
+    probs[0] = 0.0
+    return torch.as_tensor(probs / probs.sum(), dtype=torch.float32)
+
+
+def sequence_loss(
+    model: SASRec, inputs: torch.Tensor, labels: torch.Tensor, negatives: int = 0, sampler: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-item cross-entropy at every position whose label is a real item (see ``softmax_loss``)."""
     h = model.hidden(inputs)  # (B, T, D)
     real = labels > 0
-    logits = h[real] @ model.item_vectors().T  # (M, N+1), M = real positions
-    logits[:, 0] = -1e9
-    return F.cross_entropy(logits, labels[real])
+    return softmax_loss(h[real], labels[real], model.item_vectors(), negatives, sampler)

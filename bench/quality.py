@@ -1,0 +1,153 @@
+"""Next-item quality on Amazon Art-Office, both target domains: `make bench-quality`.
+
+    python -m bench.quality --data-root ../shared/data [--seeds 0 1 2] [--models popularity sasrec ...]
+
+For each target domain and seed: leave-one-out split, train each model with early stopping on validation
+NDCG@10, report test HR@10 / NDCG@10 / MRR (mean ± std over seeds) and train time per epoch. Writes
+docs/results.json (bench "quality") and the table + a bar chart into docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.results import DOCS, record, table, update_json, update_markdown
+from training.baselines import Popularity
+from training.data.loaders import load_art_office
+from training.data.splits import NextItemSplit, leave_one_out
+from training.evaluation import evaluate_ranking
+from training.train_sasrec import SASRecArgs, train_sasrec
+
+BENCH, DATASET = "quality", "art-office"
+METRICS = ("HR@10", "NDCG@10", "MRR")
+
+Runner = Callable[[NextItemSplit, int], tuple[dict[str, float], float]]  # -> test metrics, epoch seconds
+
+
+def run_popularity(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
+    start = time.perf_counter()
+    pop = Popularity(split.train, split.target, split.data.n_items(split.target))
+    return evaluate_ranking(pop.score, split.test), time.perf_counter() - start
+
+
+def sasrec_runner(merged: bool) -> Runner:
+    def run(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
+        args = SASRecArgs(seed=seed, epochs=40, patience=4, dropout=0.5)
+        _, result, scorer = train_sasrec(split, args, merged=merged)
+        return evaluate_ranking(scorer, split.test), result.epoch_s
+
+    return run
+
+
+def runners() -> dict[str, Runner]:
+    out: dict[str, Runner] = {
+        "popularity": run_popularity,
+        "sasrec": sasrec_runner(False),
+        "sasrec-merged": sasrec_runner(True),
+    }
+    try:  # the cross-domain rows (GUR, CDSRec and its ablations), when that part is installed
+        from bench.cross_domain import cross_domain_runners
+    except ImportError:
+        return out
+    out.update(cross_domain_runners())
+    return out
+
+
+@cache
+def _split(root: Path, target: str) -> NextItemSplit:
+    return leave_one_out(load_art_office(root / "amazon_art_office_urllm"), target)
+
+
+def run_task(root: Path, target: str, model: str, seed: int, threads: int) -> tuple[dict[str, float], float]:
+    """One (target, model, seed) cell, in a worker process with its own torch threads."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return runners()[model](_split(root, target), seed)
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r["metric"] == "NDCG@10"]
+    tasks = sorted({r["task"] for r in rows})
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sub = {r["model"]: r for r in rows if r["task"] == task}
+        names = [m for m in models if m in sub]
+        ax.bar(names, [sub[m]["mean"] for m in names], yerr=[sub[m]["std"] for m in names], capsize=3)
+        ax.set_title(f"{DATASET} {task}: test NDCG@10")
+        ax.tick_params(axis="x", rotation=35)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--targets", nargs="+", default=["art", "office"])
+    p.add_argument("--models", nargs="+", default=None, help="default: every model available")
+    p.add_argument("--jobs", type=int, default=2, help="cells trained side by side (processes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ns = p.parse_args(argv)
+    available = runners()
+    models = ns.models or list(available)
+    unknown = [m for m in models if m not in available]
+    if unknown:
+        print(f"unknown models {unknown}; available: {list(available)}", file=sys.stderr)
+        return 2
+    tasks = [(t, m, seed) for t in ns.targets for m in models for seed in ns.seeds]
+    wall = time.perf_counter()
+    # independent cells run side by side, one torch thread each: on 2 cores that beats 2 threads per model
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=ns.jobs, mp_context=ctx) as pool:
+        futures = {task: pool.submit(run_task, ns.data_root, *task, ns.threads) for task in tasks}
+        results = {}
+        for (target, model, seed), fut in futures.items():
+            metrics, epoch_s = results[(target, model, seed)] = fut.result()
+            print(f"{target:>7} {model:<14} seed {seed}: NDCG@10 {metrics['NDCG@10']:.4f} "
+                  f"HR@10 {metrics['HR@10']:.4f} ({epoch_s:.1f} s/epoch)", flush=True)
+    records: list[dict[str, Any]] = []
+    for target in ns.targets:
+        for model in models:
+            cells = [results[(target, model, seed)] for seed in ns.seeds]
+            for m in METRICS:
+                records.append(record(BENCH, DATASET, f"target={target}", model, m, [c[0][m] for c in cells]))
+            records.append(record(BENCH, DATASET, f"target={target}", model, "epoch_s", [c[1] for c in cells]))
+    minutes = (time.perf_counter() - wall) / 60
+    md = table(records, [*METRICS, "epoch_s"])
+    print(md)
+    update_json(BENCH, records)
+    plot(records, DOCS / "quality.png")
+    command = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
+    update_markdown(BENCH, f"""## Next-item recommendation, Amazon Art-Office (bench `quality`)
+
+Command: `{command.strip()}` ({minutes:.0f} min on this machine: {ns.jobs} processes x {ns.threads} thread).
+Leave-one-out in time order per target domain; test metrics over the full target catalogue (history items
+excluded), mean ± std over {len(ns.seeds)} seeds; `epoch_s` is train time per epoch.
+
+{md}
+
+![test NDCG@10 per model](quality.png)
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""`cdrec export`: checkpoints -> a verified, versioned bundle; `cdrec export verify BUNDLE` re-checks one.
+
+Examples:
+    cdrec export --checkpoint runs/cdsrec.office.pt --bridge-checkpoint runs/bridge.art__office.pt \\
+        --data ../shared/data/amazon_art_office_urllm --out artifacts
+    cdrec export --checkpoint runs/sasrec.music.pt --data synthetic --out artifacts --index hnsw
+    cdrec export verify artifacts/current
+
+`--data` is the data the checkpoints were trained on: it gives the external item ids written into the bundle,
+the popularity fallback and the real users' histories the parity and the index recall are measured on.
+Exit status: 0 published (or verified), 1 refused (parity, recall or verification failed), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from core.manifest import BundleError
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cdrec export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--checkpoint", type=Path, action="append", default=[], help="a user tower (repeatable)")
+    p.add_argument("--bridge-checkpoint", type=Path, action="append", default=[], help="an inductive bridge")
+    p.add_argument("--data", help="the training data: a path or `synthetic` (see `cdrec data stats`)")
+    p.add_argument("--seed", type=int, default=0, help="seed of `--data synthetic` and of the parity inputs")
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts root (default artifacts/)")
+    p.add_argument("--version", help="bundle version (default: UTC time and git commit)")
+    p.add_argument("--target-domain", help="for a checkpoint whose metadata does not name its target domain")
+    p.add_argument("--source-domain", help="for a checkpoint whose metadata does not name its source domain")
+    p.add_argument("--index", choices=["auto", "flat", "hnsw", "ivf"], default="auto")
+    p.add_argument("--ann-above", type=int, default=100_000, help="auto: exact search up to this many items")
+    p.add_argument("--min-recall", type=float, default=0.95, help="recall@10 an approximate index must reach")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--random-sequences", type=int, default=256)
+    p.add_argument("--real-sequences", type=int, default=256)
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |torch - onnxruntime|")
+    p.add_argument("--min-overlap", type=float, default=0.99, help="top-10 overlap torch vs onnxruntime")
+    p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    p.add_argument("--no-switch", action="store_true", help="publish without pointing `current` at it")
+    return p
+
+
+def _verify_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="cdrec export verify", description="Re-check a published bundle.")
+    p.add_argument("bundle", type=Path, help="artifacts/<version> or artifacts/current")
+    ns = p.parse_args(argv)
+    from export.verify import verify
+
+    try:
+        m = verify(ns.bundle)
+    except BundleError as exc:
+        print(f"cdrec export verify: {exc}", file=sys.stderr)
+        return 1
+    graphs = {
+        g.name: {"max_abs_diff": g.parity.max_abs_diff, "top10_overlap": g.parity.top10_overlap} for g in m.graphs
+    }
+    print(json.dumps({"bundle": str(ns.bundle), "version": m.version, "ok": True, "graphs": graphs}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["verify"]:
+        return _verify_main(args[1:])
+    ns = _export_parser().parse_args(args)
+    if not ns.checkpoint and not ns.bridge_checkpoint:
+        print("cdrec export: give at least one --checkpoint or --bridge-checkpoint", file=sys.stderr)
+        return 2
+
+    import torch  # heavy imports only once the arguments are sane
+
+    from export.bundle import ExportOptions, domains_from_data, export_bundle
+    from export.index import IndexOptions
+    from export.parity import ParityOptions
+    from export.towers import ExportError, load_bridge, load_tower
+    from training.data.interactions import DataError
+    from training.data.source import load_data
+
+    torch.set_num_threads(ns.threads)
+    opts = ExportOptions(
+        opset=ns.opset,
+        index=IndexOptions(kind=ns.index, ann_above=ns.ann_above, min_recall=ns.min_recall),
+        parity=ParityOptions(
+            random_sequences=ns.random_sequences,
+            real_sequences=ns.real_sequences,
+            tolerance=ns.tolerance,
+            min_overlap=ns.min_overlap,
+            seed=ns.seed,
+        ),
+        threads=ns.threads,
+        version=ns.version,
+        switch_current=not ns.no_switch,
+    )
+    try:
+        graphs = [load_tower(p, ns.target_domain, ns.source_domain) for p in ns.checkpoint]
+        graphs += [load_bridge(p, ns.target_domain, ns.source_domain) for p in ns.bridge_checkpoint]
+        if ns.data is None:
+            raise ExportError("--data is required: it gives the external item ids the bundle maps rows to")
+        data = load_data(ns.data, seed=ns.seed)
+        bundle = export_bundle(graphs, ns.out, domains_from_data(data), opts, data_name=data.name)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"cdrec export: {exc}", file=sys.stderr)
+        return 2
+    except (ExportError, BundleError) as exc:
+        print(f"cdrec export: {exc}", file=sys.stderr)
+        return 1
+    from core.manifest import read_manifest
+
+    m = read_manifest(bundle)
+    summary = {
+        "bundle": str(bundle),
+        "current": opts.switch_current,
+        "graphs": {g.name: g.parity.model_dump(include={"max_abs_diff", "top10_overlap", "passed"}) for g in m.graphs},
+        "indexes": {
+            k: {"type": i.type, "count": i.count, "recall_at_10": i.recall_at_10, "params": i.params}
+            for k, i in m.indexes.items()
+        },
+    }
+    print(json.dumps(summary, indent=1))
+    return 0

@@ -1,0 +1,155 @@
+"""Parity before publishing (DESIGN §7.6): torch and onnxruntime must agree on the same inputs.
+
+Random sequences (random lengths, all-padding rows included) and real users' histories, encoded by
+core.sequence exactly as the service encodes them, are fed to the torch module and to the ONNX graph at
+batch sizes 1 and 64 and at several sequence lengths (the last T columns of the encoded row: the most recent
+items, as a shorter ``max_len`` would keep). Recorded: the largest |torch - ORT| over all of it, the top-10
+overlap of the two sets of vectors searched through the bundle's own index, and whether an all-padding row
+is finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from core.manifest import ParityReport
+from core.sequence import encode_batch
+from export.index import overlap_at_k, top_k
+from export.towers import Graph
+
+
+@dataclass
+class ParityOptions:
+    random_sequences: int = 256
+    real_sequences: int = 256
+    batch_sizes: tuple[int, ...] = (1, 64)
+    batch1_sequences: int = 32  # sequences also run one at a time (batch 1) at every length
+    tolerance: float = 1e-4
+    min_overlap: float = 0.99
+    seed: int = 0
+
+
+@dataclass
+class Inputs:
+    """Encoded sequences at full length: target (N, T) (None for a bridge) and source (N, S)."""
+
+    target: np.ndarray | None
+    source: np.ndarray
+    n_random: int
+    n_real: int
+
+
+def random_inputs(graph: Graph, n: int, rng: np.random.Generator) -> Inputs:
+    def block(n_items: int, max_len: int) -> np.ndarray:
+        lengths = rng.integers(0, max_len + 1, n)
+        lengths[: max(1, n // 16)] = 0  # some fully padded rows
+        hist = [rng.integers(1, n_items + 1, int(k)) for k in lengths]
+        return encode_batch(hist, max_len)
+
+    source = block(graph.n_source_items or 1, graph.source_max_len)
+    if graph.kind == "bridge":
+        return Inputs(None, source, n, 0)
+    assert graph.target_max_len is not None
+    return Inputs(block(graph.n_target_items, graph.target_max_len), source, n, 0)
+
+
+def real_inputs(graph: Graph, target_hist: Sequence[np.ndarray], source_hist: Sequence[np.ndarray]) -> Inputs:
+    source = encode_batch(source_hist, graph.source_max_len)
+    if graph.kind == "bridge":
+        return Inputs(None, source, 0, len(source_hist))
+    assert graph.target_max_len is not None
+    return Inputs(encode_batch(target_hist, graph.target_max_len), source, 0, len(target_hist))
+
+
+def concat(a: Inputs, b: Inputs) -> Inputs:
+    target = None if a.target is None or b.target is None else np.concatenate([a.target, b.target])
+    return Inputs(target, np.concatenate([a.source, b.source]), a.n_random + b.n_random, a.n_real + b.n_real)
+
+
+def length_cases(graph: Graph) -> list[tuple[int, ...]]:
+    """Input lengths to exercise: 1, 7, half and full, and for two inputs some unequal pairs."""
+
+    def cut(m: int) -> list[int]:
+        return sorted({min(m, t) for t in (1, 7, max(1, m // 2), m)})
+
+    if graph.kind == "bridge":
+        return [(s,) for s in cut(graph.source_max_len)]
+    assert graph.target_max_len is not None
+    t_max, s_max = graph.target_max_len, graph.source_max_len
+    cases = [(t, min(t, s_max)) for t in cut(t_max)] + [(1, s_max), (t_max, min(7, s_max))]
+    return list(dict.fromkeys(cases))
+
+
+def _feeds(graph: Graph, inputs: Inputs, lengths: tuple[int, ...], rows: slice) -> dict[str, np.ndarray]:
+    if graph.kind == "bridge":
+        return {"source_seq": np.ascontiguousarray(inputs.source[rows, -lengths[0] :])}
+    assert inputs.target is not None
+    return {
+        "target_seq": np.ascontiguousarray(inputs.target[rows, -lengths[0] :]),
+        "source_seq": np.ascontiguousarray(inputs.source[rows, -lengths[1] :]),
+    }
+
+
+def run_torch(graph: Graph, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.inference_mode():
+        args = [torch.from_numpy(feeds[k]) for k in ("target_seq", "source_seq") if k in feeds]
+        return np.asarray(graph.module(*args).numpy(), dtype=np.float32)
+
+
+def run_ort(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return np.asarray(sess.run(None, feeds)[0], dtype=np.float32)
+
+
+def check_parity(
+    graph: Graph, sess: ort.InferenceSession, index: faiss.Index, inputs: Inputs, opts: ParityOptions
+) -> ParityReport:
+    n = len(inputs.source)
+    worst = 0.0
+    finite = True
+    torch_vecs, ort_vecs = [], []
+    cases = length_cases(graph)
+    for lengths in cases:
+        for batch in opts.batch_sizes:
+            stop = n if batch > 1 else min(n, opts.batch1_sequences)
+            for start in range(0, stop, batch):
+                feeds = _feeds(graph, inputs, lengths, slice(start, min(start + batch, stop)))
+                t, o = run_torch(graph, feeds), run_ort(sess, feeds)
+                finite &= bool(np.isfinite(t).all() and np.isfinite(o).all())
+                worst = max(worst, float(np.abs(t - o).max()) if finite else float("inf"))
+                if batch > 1:
+                    torch_vecs.append(t)
+                    ort_vecs.append(o)
+    pad_finite = True
+    for lengths in cases:
+        zeros = Inputs(
+            None if inputs.target is None else np.zeros((1, lengths[0]), np.int64),
+            np.zeros((1, lengths[-1]), np.int64),
+            0,
+            0,
+        )
+        feeds = _feeds(graph, zeros, lengths, slice(0, 1))
+        pad_finite &= bool(np.isfinite(run_torch(graph, feeds)).all() and np.isfinite(run_ort(sess, feeds)).all())
+    if torch_vecs:
+        overlap = overlap_at_k(top_k(index, np.concatenate(torch_vecs)), top_k(index, np.concatenate(ort_vecs)))
+    else:
+        overlap = np.zeros(1)
+    mean_overlap, min_overlap = float(overlap.mean()), float(overlap.min())
+    return ParityReport(
+        passed=finite and pad_finite and worst <= opts.tolerance and mean_overlap >= opts.min_overlap,
+        random_sequences=inputs.n_random,
+        real_sequences=inputs.n_real,
+        batch_sizes=list(opts.batch_sizes),
+        lengths=[list(c) for c in cases],
+        max_abs_diff=worst,
+        tolerance=opts.tolerance,
+        top10_overlap=mean_overlap,
+        min_top10_overlap=min_overlap,
+        required_overlap=opts.min_overlap,
+        all_padding_finite=pad_finite,
+    )

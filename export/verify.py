@@ -1,0 +1,67 @@
+"""`cdrec export verify BUNDLE`: the service's load-time checks (core.manifest.verify_bundle) and more.
+
+On top of the core checks (files, hashes, id maps, ONNX inputs/outputs through onnxruntime, index dims,
+counts and type), export also has the ``onnx`` package: every graph passes ``onnx.checker`` and declares the
+opset the manifest records, every graph's recorded parity passed, and an approximate index carries the
+search parameter the manifest says was measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import onnx
+
+from core.manifest import BundleError, Manifest, read_manifest, verify_bundle
+
+
+def _onnx_problems(bundle: Path, m: Manifest) -> list[str]:
+    problems = []
+    for g in m.graphs:
+        if not g.parity.passed:
+            problems.append(f"{g.name}: its recorded parity did not pass")
+        path = bundle / g.file
+        if not path.is_file():
+            continue
+        try:
+            model = onnx.load(str(path))
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:  # onnx raises DecodeError, ValidationError, ... for a damaged file
+            problems.append(f"{g.file}: not a valid ONNX model ({str(exc).strip().splitlines()[0][:200]})")
+            continue
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset != g.opset:
+            problems.append(f"{g.file}: the graph has opset {opset} but the manifest says {g.opset}")
+    for key, spec in m.indexes.items():
+        path = bundle / spec.file
+        if spec.type == "flat" or not path.is_file():
+            continue
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            continue  # reported by the core checks
+        if isinstance(index, faiss.IndexHNSW):
+            param, got = "efSearch", index.hnsw.efSearch
+        else:
+            param, got = "nprobe", faiss.extract_index_ivf(index).nprobe
+        if spec.params.get(param) != got:
+            problems.append(f"{spec.file}: {param} is {got} but the manifest measured {spec.params} ({key!r})")
+    return problems
+
+
+def verify(path: Path) -> Manifest:
+    """Every check; return the manifest or raise ``BundleError`` listing everything that disagrees."""
+    bundle = Path(path)
+    if not bundle.is_dir():
+        raise BundleError(bundle, ["not a directory"])
+    problems: list[str] = []
+    try:
+        manifest = verify_bundle(bundle)
+    except BundleError as exc:
+        problems = exc.problems
+        manifest = read_manifest(bundle)  # raises itself when the manifest is what is broken
+    problems += _onnx_problems(bundle.resolve(), manifest)
+    if problems:
+        raise BundleError(bundle, problems)
+    return manifest
