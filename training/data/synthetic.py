@@ -3,8 +3,9 @@
 Every user has one latent taste (a sparse mixture over ``n_topics`` topics) that drives BOTH domains: each
 domain's items are split into topics, and a user's next item is drawn from a topic of their taste, walking
 forward along that topic's chain of items (so order matters and a sequence model can learn transitions).
-A user keeps to the topic of their previous item in a domain with probability ``sticky``. The target domain is short per user while the source domain is long, so the source history carries most of
-what is knowable about a user's taste: a model that reads it should beat one that does not.
+A user keeps to the topic of their previous item in a domain with probability ``sticky``. The target domain
+is short per user while the source domain is long, so the source history carries most of what is knowable
+about a user's taste: a model that reads it should beat one that does not.
 
 ``overlap`` is the fraction of users active in both domains; the others appear in one domain only.
 """
@@ -42,10 +43,7 @@ def generate(
     rows: list[tuple[str, str, str, int]] = []
     for u in range(n_users):
         taste = rng.dirichlet(np.full(n_topics, 0.1))
-        if rng.random() < overlap:
-            active = (0, 1)
-        else:
-            active = (int(rng.integers(0, 2)),)
+        active = (0, 1) if rng.random() < overlap else (int(rng.integers(0, 2)),)
         lengths = {d: max(3, int(rng.poisson(mean_len[d]))) for d in active}
         # interleave the two domains' events in time
         events = np.concatenate([np.full(lengths[d], d) for d in active])
