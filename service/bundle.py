@@ -1,0 +1,189 @@
+"""A bundle made ready to serve: catalogues, popularity rankings, encoders and indexes, all from one manifest.
+
+``load_bundle`` runs the one load-time check (core.manifest.verify_bundle: files, hashes, id maps, ONNX
+inputs/outputs and index dims agree with the manifest) plus what serving needs on top (every sequence input
+names its domain and length), then opens the graphs and indexes and warms them up. It raises
+``BundleError`` listing every problem, so a bad bundle is refused at start and never replaces a good one.
+
+Ids: row ``r`` of a domain's ids file and index is model item id ``r + manifest.model_id_offset`` (0 is
+padding); Redis and the API speak external ids, the graphs model ids, the indexes rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.manifest import BundleError, GraphSpec, Manifest, verify_bundle
+from core.sequence import encode_sequence
+from service.ports import Encoder, FloatArray, IntArray, ItemIndex
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """One domain's items: external id of row r at ``ids[r]``, and the popularity fallback ranking."""
+
+    domain: str
+    ids: list[str]
+    popular: list[int]  # rows, most popular first, then every other row (the ranking covers the catalogue)
+    popular_scores: list[float]  # interaction counts; 0 for rows without any
+    offset: int = 1  # model id = row + offset
+    rows: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", {item: row for row, item in enumerate(self.ids)})
+
+    @classmethod
+    def build(
+        cls, domain: str, ids: list[str], popular: Sequence[str] = (), counts: Sequence[float] = (), offset: int = 1
+    ) -> Catalogue:
+        rows = {item: row for row, item in enumerate(ids)}
+        ranked = [rows[i] for i in popular if i in rows]
+        scores = [float(c) for c in counts][: len(ranked)] or [0.0] * len(ranked)
+        seen = set(ranked)
+        rest = [r for r in range(len(ids)) if r not in seen]
+        return cls(domain, ids, ranked + rest, scores + [0.0] * len(rest), offset)
+
+    def known_rows(self, items: Sequence[str]) -> list[int]:
+        """Rows of the ids this catalogue knows, in order (ids from an older catalogue are skipped)."""
+        rows = self.rows
+        return [rows[i] for i in items if i in rows]
+
+    def encode(self, items: Sequence[str], max_len: int) -> IntArray:
+        return encode_sequence((r + self.offset for r in self.known_rows(items)), max_len)
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    name: str
+    domain: str | None  # None: the graph ignores it; fed padding
+    max_len: int
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One exported graph: which sequences it reads, the index its output is scored against."""
+
+    name: str
+    kind: str  # "user_encoder" | "bridge"
+    target_domain: str
+    source_domain: str | None
+    inputs: list[GraphInput]
+    index: str
+    encoder: Encoder
+
+    def read_domains(self) -> list[str]:
+        return [i.domain for i in self.inputs if i.domain is not None]
+
+    def feeds(self, sequences: Mapping[str, Sequence[str]], catalogues: Mapping[str, Catalogue]) -> dict[str, IntArray]:
+        out: dict[str, IntArray] = {}
+        for i in self.inputs:
+            if i.domain is None:
+                out[i.name] = np.zeros((1, i.max_len), dtype=np.int64)
+            else:
+                out[i.name] = catalogues[i.domain].encode(sequences.get(i.domain, ()), i.max_len)[None, :]
+        return out
+
+    def source_input(self) -> GraphInput | None:
+        return next((i for i in self.inputs if i.domain is not None and i.domain != self.target_domain), None)
+
+
+@dataclass(frozen=True)
+class ServingBundle:
+    version: str
+    catalogues: dict[str, Catalogue]
+    encoders: dict[str, Graph]  # target domain -> its user encoder
+    bridges: dict[str, list[Graph]]  # target domain -> bridges into it, manifest order
+    indexes: dict[str, ItemIndex]
+    similar_index: dict[str, str]  # domain -> the index key item-to-item queries use
+    max_len: int  # the longest sequence any graph reads: Redis lists are trimmed to it
+    path: Path | None = None
+
+    def served_domains(self) -> list[str]:
+        return sorted(set(self.encoders) | set(self.bridges))
+
+
+def _catalogue(bundle: Path, m: Manifest, domain: str) -> Catalogue:
+    spec = m.domains[domain]
+    ids = json.loads((bundle / spec.ids_file).read_text())
+    if spec.popular_file is None:
+        return Catalogue.build(domain, ids, offset=m.model_id_offset)
+    popular = json.loads((bundle / spec.popular_file).read_text())
+    return Catalogue.build(domain, ids, popular["item_ids"], popular.get("counts", ()), m.model_id_offset)
+
+
+def _graph(spec: GraphSpec, encoder: Encoder, problems: list[str]) -> Graph:
+    inputs: list[GraphInput] = []
+    for t in spec.inputs:
+        if t.name not in ("target_seq", "source_seq") or t.dtype != "int64":
+            problems.append(f"{spec.file}: input {t.name} ({t.dtype}) is not a target_seq/source_seq of int64 ids")
+        if t.max_len is None:
+            problems.append(f"{spec.file}: input {t.name} does not declare its max_len")
+        inputs.append(GraphInput(t.name, t.domain, t.max_len or 1))
+    if spec.kind == "user_encoder" and not any(i.domain == spec.target_domain for i in inputs):
+        problems.append(f"{spec.file}: a user encoder that reads no {spec.target_domain} sequence")
+    if spec.kind == "bridge" and not any(i.domain == spec.source_domain for i in inputs):
+        problems.append(f"{spec.file}: a bridge that reads no {spec.source_domain} sequence")
+    return Graph(spec.name, spec.kind, spec.target_domain, spec.source_domain, inputs, spec.index, encoder)
+
+
+def assemble(
+    bundle: Path,
+    m: Manifest,
+    open_encoder: Callable[[Path, GraphSpec], Encoder],
+    open_index: Callable[[Path, str], ItemIndex],
+) -> ServingBundle:
+    """Build a ServingBundle from a verified bundle directory, opening graphs and indexes with the callables."""
+    problems: list[str] = []
+    catalogues = {d: _catalogue(bundle, m, d) for d in m.domains}
+    indexes = {key: open_index(bundle, key) for key in m.indexes}
+    encoders: dict[str, Graph] = {}
+    bridges: dict[str, list[Graph]] = {}
+    for spec in m.graphs:
+        graph = _graph(spec, open_encoder(bundle, spec), problems)
+        if spec.kind == "user_encoder":
+            encoders[spec.target_domain] = graph
+        else:
+            bridges.setdefault(spec.target_domain, []).append(graph)
+    if problems:
+        raise BundleError(bundle, problems)
+    similar = {}
+    for key, ispec in m.indexes.items():  # a domain's own index (named after it) beats a bridge's item space
+        if ispec.domain not in similar or key == ispec.domain:
+            similar[ispec.domain] = key
+    return ServingBundle(m.version, catalogues, encoders, bridges, indexes, similar, m.max_len, bundle)
+
+
+def warm_up(b: ServingBundle) -> None:
+    """One call through every graph and index: first calls allocate, and a broken graph fails here, not live."""
+    for graph in [*b.encoders.values(), *(g for gs in b.bridges.values() for g in gs)]:
+        vector: FloatArray = graph.encoder(graph.feeds({}, b.catalogues))[0]
+        if not np.all(np.isfinite(vector)):
+            raise BundleError(
+                b.path or Path(b.version), [f"{graph.name}: an all-padding input gives a non-finite vector"]
+            )
+        b.indexes[graph.index].search(vector, 10, set())
+
+
+def load_bundle(path: Path, ort_threads: int = 1) -> ServingBundle:
+    """Verify, open and warm up the bundle at ``path`` (a version directory, or ``current`` resolved)."""
+    from service.faiss_index import FaissItemIndex  # native libraries only where a bundle is really opened
+    from service.onnx_encoder import OnnxEncoder
+
+    bundle = Path(path).resolve()
+    m = verify_bundle(bundle)
+    level = m.onnxruntime.graph_optimization_level
+
+    def open_encoder(root: Path, spec: GraphSpec) -> Encoder:
+        return OnnxEncoder(root / spec.file, spec.outputs[0].name, ort_threads, level)
+
+    def open_index(root: Path, key: str) -> ItemIndex:
+        return FaissItemIndex(root / m.indexes[key].file, m.indexes[key])
+
+    served = assemble(bundle, m, open_encoder, open_index)
+    warm_up(served)
+    return served

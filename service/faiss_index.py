@@ -1,0 +1,88 @@
+"""``FaissItemIndex``: one domain's item vectors in a FAISS index, searched with exclusions.
+
+Exclusions (the user's seen items and the request's ``exclude`` list) are honoured by searching deeper,
+``k + |exclude|``, and filtering: an exact (flat) index then always yields ``k`` rows while the catalogue
+has them. An approximate index searches as deep (HNSW: with ``efSearch`` raised to the depth, per call, the
+index itself untouched) and when it still comes back short, exact scores over the stored vectors finish the
+job, so the "never fewer than k" promise does not depend on the graph's reach.
+
+Search parameters (efSearch, nprobe) come from the manifest, where the export measured their recall. FAISS
+parallelises with OpenMP, whose thread count is per calling thread: ``set_threads`` must run in every thread
+that searches (the executor's initializer does it), or batch-1 search gets ~3x slower (PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from core.manifest import IndexSpec
+from service.ports import FloatArray
+
+
+def set_threads(n: int) -> None:
+    faiss.omp_set_num_threads(n)
+
+
+class FaissItemIndex:
+    def __init__(self, path: Path, spec: IndexSpec) -> None:
+        index = faiss.read_index(str(path))
+        self.type = spec.type
+        self._ef = 0
+        if spec.type == "hnsw":
+            hnsw: Any = faiss.downcast_index(index)
+            self._ef = int(spec.params.get("efSearch") or hnsw.hnsw.efSearch)
+            hnsw.hnsw.efSearch = self._ef
+        elif spec.type == "ivf":
+            ivf = faiss.extract_index_ivf(index)
+            ivf.nprobe = int(spec.params.get("nprobe") or ivf.nprobe)
+            ivf.make_direct_map()  # reconstruct() by row below
+        self._index = index
+        # the stored vectors: item-to-item queries and the exact fallback read them
+        self._vectors = np.ascontiguousarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
+        self._count = int(index.ntotal)
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def vector(self, row: int) -> FloatArray:
+        vec: FloatArray = self._vectors[row]
+        return vec
+
+    def search(self, query: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
+        n = self._count
+        want = min(k, n - len(exclude))  # exclude holds rows of this index (the Recommender's catalogue rows)
+        if want <= 0:
+            return [], []
+        depth = min(n, k + len(exclude))
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if self.type == "hnsw" and depth > self._ef:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss' stubs
+            params.efSearch = depth
+            scores, ids = self._index.search(q, depth, params=params)
+        else:
+            scores, ids = self._index.search(q, depth)
+        rows: list[int] = []
+        out: list[float] = []
+        for row, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
+            if row >= 0 and row not in exclude:
+                rows.append(row)
+                out.append(score)
+                if len(rows) == k:
+                    break
+        if len(rows) < want:  # an approximate index came back short: exact scores finish the job
+            return self._exact(q[0], want, exclude)
+        return rows, out
+
+    def _exact(self, query: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
+        scores = self._vectors @ query  # (N,)
+        if exclude:
+            scores[np.fromiter(exclude, dtype=np.int64, count=len(exclude))] = -np.inf
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top.tolist(), scores[top].tolist()

@@ -1,0 +1,61 @@
+"""The Protocols between the Recommender and the outside systems, and the one error a store may raise.
+
+Each has one real adapter (service.redis_store, service.onnx_encoder, service.faiss_index) and an in-memory
+fake in tests/service/fakes.py. ``Encoder`` and ``ItemIndex`` are blocking native calls: the Recommender runs
+them off the event loop. ``SequenceStore`` is async and bounds its own latency (a slow store is an unavailable
+one: it raises ``StoreUnavailable`` rather than keep a request waiting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence, Set
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+class StoreUnavailable(Exception):
+    """The sequence store did not answer in time or at all; ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class SequenceStore(Protocol):
+    async def read(self, user_id: str, domains: Sequence[str]) -> dict[str, list[str]]:
+        """Each domain's item ids of one user, oldest first (empty when none), in one round trip."""
+        ...
+
+    async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
+        """Append ``events[user][domain]`` (oldest first), keeping the newest ``max_len`` per list, atomically
+        per user; return only once the store acknowledged every write."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Encoder(Protocol):
+    def __call__(self, feeds: Mapping[str, IntArray]) -> FloatArray:
+        """Named (B, T) int64 sequences -> (B, D) float32 user vectors."""
+        ...
+
+
+class ItemIndex(Protocol):
+    @property
+    def count(self) -> int: ...
+
+    def search(self, query: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
+        """The ``k`` rows scoring highest against ``query`` (D,), best first, none of them in ``exclude`` (rows
+        of this index); fewer only when the index holds fewer than ``k`` rows outside ``exclude``."""
+        ...
+
+    def vector(self, row: int) -> FloatArray:
+        """The stored vector (D,) of one row (item-to-item similarity)."""
+        ...

@@ -1,0 +1,316 @@
+"""The ``Recommender``: the service's behaviour, between the HTTP routes and the three adapters.
+
+It knows nothing of HTTP or of which Redis, onnxruntime or FAISS it talks to (service.ports), so its unit
+tests run on in-memory fakes. One request reads the user's live sequences in one store round trip, chooses
+the path from them (target history -> the user encoder, "gur"; none but source history -> a bridge, "bridge";
+nothing -> popularity, "popular"), and runs the encoder and the index search in the executor, off the event
+loop (onnxruntime and FAISS release the GIL, so the loop keeps serving meanwhile), micro-batched with the
+other requests waiting for it (service.batcher).
+
+Degraded, not down: when the store fails or is slow the answer is popularity flagged ``degraded``; after a
+failure requests skip the store for ``retry_after_s`` (a probe through ``check_store`` ends that early), so a
+dead Redis costs no request its timeout. The bundle is swapped whole (``swap``): a request keeps the bundle
+it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence, Set
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
+
+from core.redis_keys import FORBIDDEN_IN_IDS
+from service.batcher import Batcher, Ranked
+from service.bundle import Catalogue, Graph, ServingBundle
+from service.errors import InvalidRequest, NotFound
+from service.ports import IntArray, ItemIndex, SequenceStore, StoreUnavailable
+
+log = logging.getLogger("cdrec.service")
+
+Strategy = Literal["gur", "bridge", "popular", "similar"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_k: int = 100
+    max_batch: int = 1000
+    max_exclude: int = 1000
+    max_id_len: int = 128
+
+    def k(self, k: int) -> int:
+        if not 1 <= k <= self.max_k:
+            raise InvalidRequest(f"k must be between 1 and {self.max_k}, got {k}")
+        return k
+
+    def id(self, what: str, value: str) -> str:
+        if not value or len(value) > self.max_id_len:
+            raise InvalidRequest(f"{what} must be 1 to {self.max_id_len} characters long, got {len(value)}")
+        if what == "user_id" and FORBIDDEN_IN_IDS & set(value):
+            raise InvalidRequest("user_id must not contain '{' or '}'")
+        return value
+
+
+@dataclass
+class Recommendation:
+    items: list[tuple[str, float]]
+    strategy: Strategy
+    model_version: str
+    degraded: bool = False
+    fallback: str | None = None  # why it degraded: a metric label
+    source_domain: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    user_id: str
+    domain: str
+    item_id: str
+
+
+@dataclass
+class StoreHealth:
+    up: bool = True
+    skip_until: float = 0.0
+    last_error: str | None = None
+    checked_at: float = field(default_factory=time.monotonic)
+
+
+class Recommender:
+    def __init__(
+        self,
+        bundle: ServingBundle,
+        store: SequenceStore,
+        executor: Executor | None = None,
+        limits: Limits | None = None,
+        retry_after_s: float = 1.0,
+        executor_threads: int = 1,
+    ) -> None:
+        self.bundle = bundle
+        self.store = store
+        self.limits = limits or Limits()
+        self.retry_after_s = retry_after_s
+        self.health = StoreHealth()
+        self._executor = executor  # None: native calls run inline on the loop (benchmarks only)
+        self.batcher = None if executor is None else Batcher(executor, max_inflight=max(1, executor_threads))
+
+    def swap(self, bundle: ServingBundle) -> ServingBundle:
+        old, self.bundle = self.bundle, bundle
+        return old
+
+    # -- reads --------------------------------------------------------------------------------------------
+    async def recommend(
+        self, user_id: str, domain: str, k: int, exclude_seen: bool = True, exclude: Sequence[str] = ()
+    ) -> Recommendation:
+        b = self.bundle
+        cat = self._served(b, domain)
+        self._check(user_id, k, exclude)
+        encoder, bridges = b.encoders.get(domain), b.bridges.get(domain, [])
+        reads = [*(encoder.read_domains() if encoder else ()), *(d for g in bridges for d in g.read_domains())]
+        needed = _unique([domain, *reads])
+        excluded = set(cat.known_rows(exclude))
+        try:
+            seqs = await self._read(user_id, needed)
+        except StoreUnavailable as exc:
+            return self._popular(b, cat, k, excluded, degraded=True, fallback=exc.reason)
+        seen = cat.known_rows(seqs.get(domain, ()))
+        if exclude_seen:
+            excluded.update(seen)
+        if seen and encoder is not None:
+            return await self._model(b, encoder, seqs, k, excluded, "gur")
+        bridge = _best_bridge(bridges, seqs, b.catalogues)
+        if bridge is not None:
+            return await self._model(b, bridge, seqs, k, excluded, "bridge")
+        return self._popular(b, cat, k, excluded)
+
+    async def cold_start(self, user_id: str, domain: str, k: int) -> Recommendation:
+        """The bridge's answer from the user's source history (the lookup for a user new to ``domain``)."""
+        b = self.bundle
+        cat = self._served(b, domain)
+        self._check(user_id, k, ())
+        bridges = b.bridges.get(domain, [])
+        if not bridges:
+            served = ", ".join(sorted(b.bridges)) or "none"
+            raise InvalidRequest(f"no bridge into domain {domain!r} in bundle {b.version} (bridged: {served})")
+        needed = _unique([domain, *(d for g in bridges for d in g.read_domains())])
+        try:
+            seqs = await self._read(user_id, needed)
+        except StoreUnavailable as exc:
+            return self._popular(b, cat, k, set(), degraded=True, fallback=exc.reason)
+        excluded = set(cat.known_rows(seqs.get(domain, ())))
+        bridge = _best_bridge(bridges, seqs, b.catalogues)
+        if bridge is None:
+            return self._popular(b, cat, k, excluded)
+        return await self._model(b, bridge, seqs, k, excluded, "bridge")
+
+    async def similar(self, item_id: str, domain: str, k: int) -> Recommendation:
+        b = self.bundle
+        self.limits.id("item_id", item_id)
+        self.limits.k(k)
+        key = b.similar_index.get(domain)
+        if key is None:
+            known = ", ".join(sorted(b.similar_index)) or "none"
+            raise InvalidRequest(f"domain {domain!r} has no item index in bundle {b.version} (indexed: {known})")
+        row = b.catalogues[domain].rows.get(item_id)
+        if row is None:
+            raise NotFound(f"item {item_id!r} is not in the {domain} catalogue of bundle {b.version}", "unknown_item")
+        index = b.indexes[key]
+        rows, scores = await self._call(partial(_similar, index, row, k))
+        items = [(b.catalogues[domain].ids[r], s) for r, s in zip(rows, scores, strict=True)]
+        return Recommendation(items, "similar", b.version)
+
+    # -- writes -------------------------------------------------------------------------------------------
+    def validate_events(self, events: Sequence[Event]) -> dict[str, dict[str, list[str]]]:
+        """Group a batch by user and domain (arrival order kept); refuse it whole, naming what is unknown."""
+        if not events:
+            raise InvalidRequest("no events")
+        if len(events) > self.limits.max_batch:
+            raise InvalidRequest(f"at most {self.limits.max_batch} events per request, got {len(events)}")
+        b = self.bundle
+        grouped: dict[str, dict[str, list[str]]] = {}
+        for n, e in enumerate(events):
+            self.limits.id("user_id", e.user_id)
+            self.limits.id("item_id", e.item_id)
+            cat = b.catalogues.get(e.domain)
+            if cat is None:
+                known = ", ".join(sorted(b.catalogues))
+                raise InvalidRequest(f"event {n}: unknown domain {e.domain!r} (known: {known})", "unknown_domain")
+            if e.item_id not in cat.rows:
+                raise InvalidRequest(
+                    f"event {n}: unknown item {e.item_id!r} in domain {e.domain!r} (bundle {b.version})", "unknown_item"
+                )
+            grouped.setdefault(e.user_id, {}).setdefault(e.domain, []).append(e.item_id)
+        return grouped
+
+    async def append(self, events: Sequence[Event]) -> int:
+        """Validate, then append every event; return once the store acknowledged them (else StoreUnavailable)."""
+        grouped = self.validate_events(events)
+        try:
+            await self.store.append(grouped, self.bundle.max_len)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            raise
+        return len(events)
+
+    async def check_store(self) -> bool:
+        """Probe the store now (readiness); a success ends the skip window at once."""
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return False
+        self.health = StoreHealth()
+        return True
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _served(self, b: ServingBundle, domain: str) -> Catalogue:
+        if domain not in b.encoders and domain not in b.bridges:
+            served = ", ".join(b.served_domains()) or "none"
+            raise InvalidRequest(f"domain {domain!r} is not served by bundle {b.version} (served: {served})")
+        return b.catalogues[domain]
+
+    def _check(self, user_id: str, k: int, exclude: Sequence[str]) -> None:
+        self.limits.id("user_id", user_id)
+        self.limits.k(k)
+        if len(exclude) > self.limits.max_exclude:
+            raise InvalidRequest(f"exclude holds at most {self.limits.max_exclude} ids, got {len(exclude)}")
+        for item in exclude:
+            self.limits.id("exclude item_id", item)
+
+    async def _read(self, user_id: str, domains: Sequence[str]) -> dict[str, list[str]]:
+        if not self.health.up and time.monotonic() < self.health.skip_until:
+            raise StoreUnavailable("redis_skipped", self.health.last_error or "")
+        try:
+            seqs = await self.store.read(user_id, domains)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            raise
+        if not self.health.up:
+            self.health = StoreHealth()
+        return seqs
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        if self.health.up:
+            log.warning("sequence store unavailable (%s): answering degraded", exc)
+        now = time.monotonic()
+        self.health = StoreHealth(False, now + self.retry_after_s, str(exc), now)
+
+    async def _call(self, fn: Callable[[], Ranked]) -> Ranked:
+        if self._executor is None:
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _model(
+        self,
+        b: ServingBundle,
+        graph: Graph,
+        seqs: Mapping[str, Sequence[str]],
+        k: int,
+        excluded: set[int],
+        strategy: Strategy,
+    ) -> Recommendation:
+        feeds = graph.feeds(seqs, b.catalogues)
+        cat = b.catalogues[graph.target_domain]
+        index = b.indexes[graph.index]
+        try:
+            if self.batcher is not None:
+                rows, scores = await self.batcher.run(graph, index, feeds, k, excluded)
+            else:
+                rows, scores = _encode_and_search(graph, index, feeds, k, excluded)
+        except Exception as exc:  # a native failure on one request must not take the route down
+            log.exception("%s failed on a request; answering popularity", graph.name)
+            return self._popular(b, cat, k, excluded, degraded=True, fallback=f"model_error:{type(exc).__name__}")
+        items = [(cat.ids[r], s) for r, s in zip(rows, scores, strict=True)]
+        source = graph.source_domain if strategy == "bridge" else None
+        return Recommendation(items, strategy, b.version, source_domain=source)
+
+    def _popular(
+        self,
+        b: ServingBundle,
+        cat: Catalogue,
+        k: int,
+        excluded: Set[int],
+        degraded: bool = False,
+        fallback: str | None = None,
+    ) -> Recommendation:
+        items: list[tuple[str, float]] = []
+        for row, score in zip(cat.popular, cat.popular_scores, strict=True):
+            if row not in excluded:
+                items.append((cat.ids[row], score))
+                if len(items) == k:
+                    break
+        return Recommendation(items, "popular", b.version, degraded, fallback)
+
+
+def _encode_and_search(
+    graph: Graph, index: ItemIndex, feeds: Mapping[str, IntArray], k: int, excluded: set[int]
+) -> Ranked:
+    """The one blocking call per request: user vector, then the top-k rows outside ``excluded``."""
+    vector = graph.encoder(feeds)[0]  # (1, D) -> (D,)
+    return index.search(vector, k, excluded)
+
+
+def _similar(index: ItemIndex, row: int, k: int) -> Ranked:
+    return index.search(index.vector(row), k, {row})
+
+
+def _best_bridge(
+    bridges: Sequence[Graph], seqs: Mapping[str, Sequence[str]], cats: Mapping[str, Catalogue]
+) -> Graph | None:
+    """The bridge whose source history is longest (known items only); None when no source history at all."""
+    best, best_len = None, 0
+    for g in bridges:
+        if g.source_domain is None:
+            continue
+        n = len(cats[g.source_domain].known_rows(seqs.get(g.source_domain, ())))
+        if n > best_len:
+            best, best_len = g, n
+    return best
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))

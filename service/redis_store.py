@@ -1,0 +1,97 @@
+"""``RedisSequenceStore``: users' live sequences in Redis (DESIGN §5 layout, core.redis_keys).
+
+* read: one pipeline of LRANGEs, one per domain the request needs: one round trip, bounded by ``timeout_s``;
+* append: one pipeline holding, per user, ``MULTI; RPUSH; LTRIM; ...; EXEC`` over that user's lists (one hash
+  slot), so each user's append is atomic and a whole batch is still one round trip; the call returns only
+  after Redis acknowledged every EXEC.
+
+Anything that goes wrong on the way (refused connection, timeout, a reset) surfaces as ``StoreUnavailable``:
+the Recommender answers degraded instead of failing. A stale pooled connection (Redis restarted) is retried
+once on a fresh one; timeouts are not retried, since their budget is already spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from core.redis_keys import seq_key
+from core.settings import RedisSettings
+from service.ports import StoreUnavailable
+
+
+def client_for(url: str, settings: RedisSettings) -> aredis.Redis:
+    return aredis.Redis.from_url(
+        url,
+        decode_responses=True,  # hiredis decodes in C; the catalogue maps str ids
+        socket_timeout=max(settings.timeout_s, settings.write_timeout_s),
+        socket_connect_timeout=settings.connect_timeout_s,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        max_connections=settings.max_connections,
+        health_check_interval=0,
+    )
+
+
+class RedisSequenceStore:
+    def __init__(self, client: aredis.Redis, timeout_s: float = 0.05, write_timeout_s: float = 1.0) -> None:
+        self._client = client
+        self.timeout_s = timeout_s
+        self.write_timeout_s = write_timeout_s
+
+    @classmethod
+    def from_url(cls, url: str, settings: RedisSettings) -> RedisSequenceStore:
+        return cls(client_for(url, settings), settings.timeout_s, settings.write_timeout_s)
+
+    async def _run(self, pipe: Any, timeout_s: float) -> list[Any]:
+        try:
+            async with asyncio.timeout(timeout_s):
+                result: list[Any] = await pipe.execute()
+                return result
+        except TimeoutError as exc:
+            raise StoreUnavailable("redis_timeout", f"no answer within {timeout_s * 1e3:.0f} ms") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("redis_unreachable", type(exc).__name__) from exc
+        finally:
+            await pipe.reset()
+
+    async def read(self, user_id: str, domains: Sequence[str]) -> dict[str, list[str]]:
+        pipe = self._client.pipeline(transaction=False)
+        for domain in domains:
+            pipe.lrange(seq_key(user_id, domain), 0, -1)
+        lists = await self._run(pipe, self.timeout_s)
+        return dict(zip(domains, lists, strict=True))
+
+    async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for user_id, by_domain in events.items():
+            pipe.execute_command("MULTI")
+            for domain, items in by_domain.items():
+                key = seq_key(user_id, domain)
+                pipe.rpush(key, *items)
+                pipe.ltrim(key, -max_len, -1)
+            pipe.execute_command("EXEC")
+        replies = await self._run(pipe, self.write_timeout_s)
+        # per user: OK, QUEUED..., [results]; EXEC answers None if the transaction was aborted
+        failed = [r for r in replies if isinstance(r, Exception)]
+        execs = [r for r in replies if isinstance(r, list)]
+        if failed or len(execs) != len(events) or any(isinstance(x, Exception) for e in execs for x in e):
+            raise StoreUnavailable("redis_write_failed", repr(failed[:1] or execs[:1]))
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(max(self.timeout_s, 0.25)):
+                await self._client.ping()
+        except TimeoutError as exc:
+            raise StoreUnavailable("redis_timeout", "PING") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("redis_unreachable", type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,89 @@
+"""Degraded, not down: Redis killed or slow -> popularity flagged degraded, readiness flips, then recovers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.service.conftest import RedisServer, auth, make_settings
+
+READ = {"user_id": "u-out", "domain": "music", "k": 5, "exclude": ["m7"]}
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+def wait_for(predicate: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_redis_killed_mid_test_answers_degraded_flips_readiness_and_recovers_on_restart(
+    service_artifacts: Path, own_redis: RedisServer
+) -> None:
+    with TestClient(create_app(make_settings(service_artifacts, own_redis.url))) as c:
+        event = {"user_id": "u-out", "domain": "music", "item_id": "m2"}
+        assert c.post("/v1/events", json=event, headers=auth()).status_code == 200
+        assert c.post("/v1/recommend", json=READ).json()["strategy"] == "gur"
+
+        own_redis.kill()
+        for _ in range(3):  # the first request finds Redis gone; the next skip it for retry_after_s
+            r = c.post("/v1/recommend", json=READ)
+            body = r.json()
+            assert r.status_code == 200 and body["strategy"] == "popular" and body["degraded"] is True
+            assert len(body["items"]) == 5 and "m7" not in {i["item_id"] for i in body["items"]}
+        cold = c.get("/v1/users/u-out/cold-start", params={"domain": "music"}).json()
+        assert cold["degraded"] is True and cold["strategy"] == "popular"
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["redis"] == "down" and ready.json()["ready"] is False
+        refused = c.post("/v1/events", json=event, headers=auth())
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "redis_unavailable"
+        metrics = c.get("/metrics").text
+        assert 'cdrec_fallbacks_total{reason="redis_unreachable"}' in metrics and "cdrec_redis_up 0.0" in metrics
+
+        own_redis.start()  # same port, empty (no persistence)
+        wait_for(lambda: c.get("/readyz").status_code == 200)
+        assert c.post("/v1/events", json=event, headers=auth()).status_code == 200
+        body = c.post("/v1/recommend", json=READ).json()
+        assert body["degraded"] is False and body["strategy"] == "gur"
+
+
+def test_slow_redis_answers_degraded_within_the_timeout(service_artifacts: Path, own_redis: RedisServer) -> None:
+    settings = make_settings(service_artifacts, own_redis.url)
+    assert settings.redis.timeout_s <= 0.1
+    with TestClient(create_app(settings)) as c:
+        blocker = threading.Thread(target=lambda: own_redis.client().execute_command("DEBUG", "SLEEP", "1.0"))
+        blocker.start()
+        time.sleep(0.1)  # the server is now busy for a second
+        start = time.perf_counter()
+        body = c.post("/v1/recommend", json=READ).json()
+        elapsed = time.perf_counter() - start
+        blocker.join()
+        assert body["degraded"] is True and body["strategy"] == "popular"
+        assert elapsed < 0.6, f"a slow Redis held the request {elapsed:.2f} s"
+        assert 'cdrec_fallbacks_total{reason="redis_timeout"}' in c.get("/metrics").text
+        wait_for(lambda: c.get("/readyz").status_code == 200)
+        assert c.post("/v1/recommend", json=READ).json()["degraded"] is False
+
+
+def test_the_service_starts_and_answers_degraded_when_redis_is_down_from_the_start(
+    service_artifacts: Path, own_redis: RedisServer
+) -> None:
+    own_redis.kill()
+    with TestClient(create_app(make_settings(service_artifacts, own_redis.url))) as c:
+        assert c.get("/readyz").status_code == 503
+        assert c.post("/v1/recommend", json=READ).json()["degraded"] is True
+        own_redis.start()
+        wait_for(lambda: c.get("/readyz").status_code == 200)
