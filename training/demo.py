@@ -1,15 +1,18 @@
-"""`make demo`: the main job end to end on an embedded default (no external services).
+"""`make demo`, first half (torch): data -> SASRec -> evaluation table, and the hand-off to the serving half.
 
 Generates the synthetic cross-domain data (or reads DATA=path, a generic interactions file), trains SASRec on
 the target domain with early stopping, evaluates it against popularity on the held-out test items and prints
-the table.
+the table. It then writes, under ``--out``, what the torch-free second half (``python -m service.demo up``:
+export, Redis, seed, serve, refresh, HTTP calls) needs: ``demo.json`` (data spec, domains, checkpoint) and
+``sequences.json`` (every user's history per domain, external ids, oldest first: the seed for Redis).
 
-    python -m training.demo [--data PATH] [--target-domain D] [--epochs N]
+    python -m training.demo [--data PATH] [--target-domain D] [--epochs N] [--out demo-out]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 
 from training.baselines import Popularity
-from training.data.interactions import DataError
+from training.data.interactions import DataError, Interactions
 from training.data.source import load_data
 from training.data.splits import leave_one_out
 from training.evaluation import evaluate_ranking
@@ -65,8 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<12}" + "".join(f"{m:>10}" for m in metrics))
     for name, vals in rows.items():
         print(f"{name:<12}" + "".join(f"{vals[m]:>10.4f}" for m in metrics))
-    stage(f"done in {time.perf_counter() - start:.0f} s")
+    write_handoff(ns.out, ns.data, data, target, result.checkpoint or ns.out / f"sasrec.{target}.pt")
+    stage(f"training half done in {time.perf_counter() - start:.0f} s; handed off in {ns.out}/demo.json")
     return 0
+
+
+def write_handoff(out: Path, spec: str, data: Interactions, target: str, checkpoint: Path) -> None:
+    """``demo.json`` and ``sequences.json`` for the serving half (which never imports training)."""
+    sequences: dict[str, dict[str, list[str]]] = {}
+    for domain in data.domains:
+        ids = data.item_ids[domain]
+        for user, (items, _) in data.sequences(domain).items():
+            sequences.setdefault(str(data.user_ids[user]), {})[domain] = [str(ids[int(i)]) for i in items]
+    (out / "sequences.json").write_text(json.dumps(sequences))
+    sources = [d for d in data.domains if d != target]
+    meta = {
+        "data": spec,
+        "target_domain": target,
+        "source_domain": sources[0] if sources else None,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "users": len(sequences),
+    }
+    (out / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ def shuffled_batches(
 ) -> Iterator[list[torch.Tensor]]:
     """Yield aligned mini-batches of every array, in a random order.
 
-    ``bucket``: rows of similar length (non-padding count of the first array) share a batch, so that
-    ``trim_left_padding`` can drop most columns; which batch comes when is still random each epoch.
+    ``bucket``: rows of similar length (non-padding count of the first array, when it is (N, T)) share a batch, so
+    that ``trim_left_padding`` can drop most columns; which batch comes when is still random each epoch.
     """
     n = len(arrays[0])
-    if bucket:
+    if bucket and arrays[0].ndim == 2:
         lengths = (arrays[0] != 0).sum(axis=1)
         order = np.lexsort((rng.random(n), lengths))  # by length, random among equals
         batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
