@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 SHARED ?= ../shared/data
 
-.PHONY: install lint test demo bench bench-quality bench-serve serve clean
+.PHONY: install lint test demo demo-down bench bench-quality bench-serve serve clean
 
 install: $(STAMP)
 
@@ -25,8 +25,17 @@ lint: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
+DEMO_OUT ?= demo-out
+DEMO_PORT ?= 8000
+
+# training half (torch): data -> SASRec -> evaluation; serving half (torch-free): export, verify, Redis, seed,
+# serve, refresh, HTTP answers. Leaves Redis and the service running: `make demo-down` stops them.
 demo: install
-	$(BIN)/python -m training.demo $(if $(DATA),--data $(DATA),) $(DEMO_ARGS)
+	$(BIN)/python -m training.demo $(if $(DATA),--data $(DATA),) --out $(DEMO_OUT) $(DEMO_ARGS)
+	$(BIN)/python -m service.demo up --out $(DEMO_OUT) --port $(DEMO_PORT)
+
+demo-down:
+	$(BIN)/python -m service.demo down --out $(DEMO_OUT)
 
 bench: bench-quality
 

@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "train a model: `cdrec train sasrec --data PATH --target-domain D`"),
     "evaluate": ("training.evaluate_cli", "print a metrics table for a checkpoint or a baseline"),
     "export": ("export.cli", "checkpoints -> a verified ONNX + FAISS bundle; `cdrec export verify BUNDLE`"),
+    "refresh": ("service.refresh", "re-encode users' cached vectors into Redis: `cdrec refresh --redis-url URL`"),
     "serve": ("service.cli", "run the HTTP service on artifacts/current: `cdrec serve --workers 2`"),
 }
 

@@ -6,14 +6,21 @@ Redis Cluster and one MULTI (or script) may touch them together:
 * ``cdrec:{u:<user_id>}:seq:<domain>``: LIST of external item ids, oldest first, trimmed to the bundle's
   ``max_len`` (append = RPUSH + LTRIM in one MULTI);
 * ``cdrec:{u:<user_id>}:emb:<domain>``: a cached user vector (float32 bytes) and the model version that made it,
-  written by the refresh job and used only when that version is the serving one.
+  written by the refresh job and used only when that version is the serving one and the user's lists still
+  have the fingerprint it was encoded from (format below, ``pack_embedding``);
+* ``cdrec:refresh:<domain>:cursor``: the refresh job's resumable SCAN cursor (``refresh_cursor_key``).
 
 User ids must not contain ``{`` or ``}`` (the service refuses them): a brace would move the hash tag.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Final
+
+import numpy as np
+import numpy.typing as npt
 
 PREFIX: Final = "cdrec"
 FORBIDDEN_IN_IDS: Final = frozenset("{}")
@@ -31,3 +38,66 @@ def seq_key(user_id: str, domain: str) -> str:
 def emb_key(user_id: str, domain: str) -> str:
     """The refresh job's cached user vector of ``user_id`` in ``domain``'s item space."""
     return f"{PREFIX}:{user_tag(user_id)}:emb:{domain}"
+
+
+SEQ_MARK: Final = ":seq:"
+
+
+def user_from_seq_key(key: str, domain: str) -> str | None:
+    """The user id of a ``seq_key(user, domain)`` key (as SCAN returns it), None for any other key."""
+    head, tail = f"{PREFIX}:{{u:", f"}}{SEQ_MARK}{domain}"
+    if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+        return key[len(head) : -len(tail)]
+    return None
+
+
+def seq_pattern(domain: str) -> str:
+    """The SCAN MATCH pattern of every user's ``domain`` list (braces are literal in Redis globs)."""
+    return f"{PREFIX}:{{u:*}}{SEQ_MARK}{domain}"
+
+
+def refresh_cursor_key(domain: str) -> str:
+    """``cdrec:refresh:<domain>:cursor``: the refresh job's SCAN cursor, a decimal STRING; present only while
+    a pass over ``domain`` is unfinished (written in the same MSET as the embeddings of the keys before it,
+    deleted when the SCAN returns 0), so a killed job resumes where its last write landed."""
+    return f"{PREFIX}:refresh:{domain}:cursor"
+
+
+# -- the cached embedding (``emb_key``) -------------------------------------------------------------------
+# One STRING: b"<version>|<fingerprint>|" followed by the float32 little-endian vector bytes (D * 4 bytes).
+# ``version`` is the bundle version that encoded it (never contains "|"); ``fingerprint`` is
+# ``sequence_fingerprint`` of the lists the encoder read (16 hex chars). A reader uses the vector only when
+# both equal what it would compute now; anything else (missing, malformed, older) means "encode it live".
+# Strings, not hashes, so the refresh job writes a whole batch with one MSET (4-6x pipelined SETs,
+# PERFORMANCE.md); on Redis Cluster the job would have to group its MSETs by slot.
+
+EMB_SEP: Final = b"|"
+
+
+def sequence_fingerprint(sequences: Mapping[str, Sequence[str]], domains: Sequence[str]) -> str:
+    """A cheap digest of the raw item-id lists of ``domains`` (order and domain boundaries kept)."""
+    h = hashlib.blake2b(digest_size=8)
+    for domain in domains:
+        h.update(domain.encode())
+        h.update(b"\x1e")
+        h.update("\x1f".join(sequences.get(domain, ())).encode())
+        h.update(b"\x1d")
+    return h.hexdigest()
+
+
+def pack_embedding(version: str, fingerprint: str, vector: npt.NDArray[np.float32]) -> bytes:
+    if "|" in version:
+        raise ValueError(f"bundle version {version!r} contains '|'")
+    head = f"{version}|{fingerprint}|".encode()
+    return head + np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def unpack_embedding(raw: bytes | None) -> tuple[str, str, npt.NDArray[np.float32]] | None:
+    """(version, fingerprint, vector) of a cached embedding; None when absent or malformed."""
+    if not raw:
+        return None
+    parts = raw.split(EMB_SEP, 2)
+    if len(parts) != 3 or not parts[2] or len(parts[2]) % 4:
+        return None
+    vector = np.frombuffer(parts[2], dtype="<f4").astype(np.float32)
+    return parts[0].decode(errors="replace"), parts[1].decode(errors="replace"), vector

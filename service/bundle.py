@@ -56,6 +56,16 @@ class Catalogue:
     def encode(self, items: Sequence[str], max_len: int) -> IntArray:
         return encode_sequence((r + self.offset for r in self.known_rows(items)), max_len)
 
+    def encode_many(self, histories: Sequence[Sequence[str]], max_len: int) -> IntArray:
+        """(B, max_len): row b equals ``encode(histories[b], max_len)`` (the refresh job's batch form)."""
+        rows, offset = self.rows, self.offset
+        out = np.zeros((len(histories), max_len), dtype=np.int64)
+        for b, items in enumerate(histories):
+            kept = [rows[i] + offset for i in items if i in rows][-max_len:]
+            if kept:
+                out[b, max_len - len(kept) :] = kept
+        return out
+
 
 @dataclass(frozen=True)
 class GraphInput:

@@ -31,6 +31,13 @@ class SequenceStore(Protocol):
         """Each domain's item ids of one user, oldest first (empty when none), in one round trip."""
         ...
 
+    async def read_cached(
+        self, user_id: str, domains: Sequence[str], emb_domain: str
+    ) -> tuple[dict[str, list[str]], bytes | None]:
+        """``read`` plus the raw cached embedding of ``emb_domain`` (core.redis_keys.pack_embedding; None when
+        absent), still in one round trip."""
+        ...
+
     async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
         """Append ``events[user][domain]`` (oldest first), keeping the newest ``max_len`` per list, atomically
         per user; return only once the store acknowledged every write."""

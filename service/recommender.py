@@ -9,8 +9,10 @@ other requests waiting for it (service.batcher).
 
 Degraded, not down: when the store fails or is slow the answer is popularity flagged ``degraded``; after a
 failure requests skip the store for ``retry_after_s`` (a probe through ``check_store`` ends that early), so a
-dead Redis costs no request its timeout. The bundle is swapped whole (``swap``): a request keeps the bundle
-it started with.
+dead Redis costs no request its timeout. A user-encoder request also fetches, in the same round trip, the
+refresh job's cached vector (service.refresh) and searches with it, skipping the encoder, when it was made by
+the serving bundle version from the very sequences just read (fingerprint). The bundle is swapped whole
+(``swap``): a request keeps the bundle it started with.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
-from core.redis_keys import FORBIDDEN_IN_IDS
+from core.redis_keys import FORBIDDEN_IN_IDS, sequence_fingerprint, unpack_embedding
 from service.batcher import Batcher, Ranked
 from service.bundle import Catalogue, Graph, ServingBundle
 from service.errors import InvalidRequest, NotFound
-from service.ports import IntArray, ItemIndex, SequenceStore, StoreUnavailable
+from service.ports import FloatArray, IntArray, ItemIndex, SequenceStore, StoreUnavailable
 
 log = logging.getLogger("cdrec.service")
 
@@ -63,6 +65,7 @@ class Recommendation:
     degraded: bool = False
     fallback: str | None = None  # why it degraded: a metric label
     source_domain: str | None = None
+    cached: bool = False  # the user vector came from the refresh job (same version, same sequences)
 
 
 @dataclass(frozen=True)
@@ -114,13 +117,16 @@ class Recommender:
         needed = _unique([domain, *reads])
         excluded = set(cat.known_rows(exclude))
         try:
-            seqs = await self._read(user_id, needed)
+            seqs, cached = await self._read(user_id, needed, domain if encoder is not None else None)
         except StoreUnavailable as exc:
             return self._popular(b, cat, k, excluded, degraded=True, fallback=exc.reason)
         seen = cat.known_rows(seqs.get(domain, ()))
         if exclude_seen:
             excluded.update(seen)
         if seen and encoder is not None:
+            vector = _fresh_vector(cached, b.version, encoder, seqs)
+            if vector is not None:
+                return await self._cached(b, encoder, vector, k, excluded)
             return await self._model(b, encoder, seqs, k, excluded, "gur")
         bridge = _best_bridge(bridges, seqs, b.catalogues)
         if bridge is not None:
@@ -138,7 +144,7 @@ class Recommender:
             raise InvalidRequest(f"no bridge into domain {domain!r} in bundle {b.version} (bridged: {served})")
         needed = _unique([domain, *(d for g in bridges for d in g.read_domains())])
         try:
-            seqs = await self._read(user_id, needed)
+            seqs, _ = await self._read(user_id, needed)
         except StoreUnavailable as exc:
             return self._popular(b, cat, k, set(), degraded=True, fallback=exc.reason)
         excluded = set(cat.known_rows(seqs.get(domain, ())))
@@ -221,17 +227,24 @@ class Recommender:
         for item in exclude:
             self.limits.id("exclude item_id", item)
 
-    async def _read(self, user_id: str, domains: Sequence[str]) -> dict[str, list[str]]:
+    async def _read(
+        self, user_id: str, domains: Sequence[str], emb_domain: str | None = None
+    ) -> tuple[dict[str, list[str]], bytes | None]:
+        """The user's lists (and, with ``emb_domain``, the refresh job's cached vector) in one round trip."""
         if not self.health.up and time.monotonic() < self.health.skip_until:
             raise StoreUnavailable("redis_skipped", self.health.last_error or "")
+        cached = None
         try:
-            seqs = await self.store.read(user_id, domains)
+            if emb_domain is None:
+                seqs = await self.store.read(user_id, domains)
+            else:
+                seqs, cached = await self.store.read_cached(user_id, domains, emb_domain)
         except StoreUnavailable as exc:
             self._failed(exc)
             raise
         if not self.health.up:
             self.health = StoreHealth()
-        return seqs
+        return seqs, cached
 
     def _failed(self, exc: StoreUnavailable) -> None:
         if self.health.up:
@@ -268,6 +281,19 @@ class Recommender:
         source = graph.source_domain if strategy == "bridge" else None
         return Recommendation(items, strategy, b.version, source_domain=source)
 
+    async def _cached(
+        self, b: ServingBundle, encoder: Graph, vector: FloatArray, k: int, excluded: set[int]
+    ) -> Recommendation:
+        """The user encoder's answer from the refresh job's vector: the search alone, no encoder call."""
+        cat = b.catalogues[encoder.target_domain]
+        try:
+            rows, scores = await self._call(partial(b.indexes[encoder.index].search, vector, k, excluded))
+        except Exception as exc:
+            log.exception("search on a cached vector failed; answering popularity")
+            return self._popular(b, cat, k, excluded, degraded=True, fallback=f"model_error:{type(exc).__name__}")
+        items = [(cat.ids[r], s) for r, s in zip(rows, scores, strict=True)]
+        return Recommendation(items, "gur", b.version, cached=True)
+
     def _popular(
         self,
         b: ServingBundle,
@@ -292,6 +318,18 @@ def _encode_and_search(
     """The one blocking call per request: user vector, then the top-k rows outside ``excluded``."""
     vector = graph.encoder(feeds)[0]  # (1, D) -> (D,)
     return index.search(vector, k, excluded)
+
+
+def _fresh_vector(
+    raw: bytes | None, version: str, encoder: Graph, seqs: Mapping[str, Sequence[str]]
+) -> FloatArray | None:
+    """The cached vector when it was made by this bundle version from exactly these sequences, else None."""
+    cached = unpack_embedding(raw)
+    if cached is None or cached[0] != version:
+        return None
+    if cached[1] != sequence_fingerprint(seqs, encoder.read_domains()):
+        return None
+    return cached[2]
 
 
 def _similar(index: ItemIndex, row: int, k: int) -> Ranked:

@@ -1,6 +1,7 @@
 """``RedisSequenceStore``: users' live sequences in Redis (DESIGN §5 layout, core.redis_keys).
 
 * read: one pipeline of LRANGEs, one per domain the request needs: one round trip, bounded by ``timeout_s``;
+  ``read_cached`` adds the GET of the refresh job's cached vector (raw bytes, never decoded) to that pipeline;
 * append: one pipeline holding, per user, ``MULTI; RPUSH; LTRIM; ...; EXEC`` over that user's lists (one hash
   slot), so each user's append is atomic and a whole batch is still one round trip; the call returns only
   after Redis acknowledged every EXEC.
@@ -19,10 +20,11 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from core.redis_keys import seq_key
+from core.redis_keys import emb_key, seq_key
 from core.settings import RedisSettings
 from service.ports import StoreUnavailable
 
@@ -67,6 +69,16 @@ class RedisSequenceStore:
             pipe.lrange(seq_key(user_id, domain), 0, -1)
         lists = await self._run(pipe, self.timeout_s)
         return dict(zip(domains, lists, strict=True))
+
+    async def read_cached(
+        self, user_id: str, domains: Sequence[str], emb_domain: str
+    ) -> tuple[dict[str, list[str]], bytes | None]:
+        pipe = self._client.pipeline(transaction=False)
+        for domain in domains:
+            pipe.lrange(seq_key(user_id, domain), 0, -1)
+        pipe.execute_command("GET", emb_key(user_id, emb_domain), **{NEVER_DECODE: True})
+        *lists, cached = await self._run(pipe, self.timeout_s)
+        return dict(zip(domains, lists, strict=True)), cached
 
     async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
         pipe = self._client.pipeline(transaction=False)

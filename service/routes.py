@@ -101,6 +101,7 @@ async def recommend(request: Request, svc: Svc) -> Response:
             "strategy": r.strategy,
             "model_version": r.model_version,
             "degraded": r.degraded,
+            "cached": r.cached,
         }
     )
 

@@ -43,6 +43,7 @@ class RecommendResponse(BaseModel):
     strategy: Literal["gur", "bridge", "popular"]
     model_version: str
     degraded: bool = False
+    cached: bool = Field(False, description="the user vector came from the refresh job's cache")
 
 
 class ColdStartResponse(RecommendResponse):

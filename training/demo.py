@@ -2,7 +2,8 @@
 
 Generates the synthetic cross-domain data (or reads DATA=path, a generic interactions file), trains SASRec on
 the target domain with early stopping, evaluates it against popularity on the held-out test items and prints
-the table. It then writes, under ``--out``, what the torch-free second half (``python -m service.demo up``:
+the table, then trains the inductive cold-start bridge (source -> target) briefly. It then writes, under
+``--out``, what the torch-free second half (``python -m service.demo up``:
 export, Redis, seed, serve, refresh, HTTP calls) needs: ``demo.json`` (data spec, domains, checkpoint) and
 ``sequences.json`` (every user's history per domain, external ids, oldest first: the seed for Redis).
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-domain", default=None, help="default: the domain with the shorter sequences")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--no-bridge", action="store_true", help="skip the cold-start bridge (newcomers get popularity)")
     ns = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     start = time.perf_counter()
@@ -68,12 +70,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<12}" + "".join(f"{m:>10}" for m in metrics))
     for name, vals in rows.items():
         print(f"{name:<12}" + "".join(f"{vals[m]:>10.4f}" for m in metrics))
-    write_handoff(ns.out, ns.data, data, target, result.checkpoint or ns.out / f"sasrec.{target}.pt")
+    bridge = None
+    sources = [d for d in data.domains if d != target]
+    if sources and not ns.no_bridge:
+        bridge = train_bridge(data, sources[0], target, ns.epochs, ns.out)
+    write_handoff(ns.out, ns.data, data, target, result.checkpoint or ns.out / f"sasrec.{target}.pt", bridge)
     stage(f"training half done in {time.perf_counter() - start:.0f} s; handed off in {ns.out}/demo.json")
     return 0
 
 
-def write_handoff(out: Path, spec: str, data: Interactions, target: str, checkpoint: Path) -> None:
+def train_bridge(data: Interactions, source: str, target: str, epochs: int, out: Path) -> Path | None:
+    """The inductive cold-start bridge (``cdrec train bridge inductive``), briefly: for users new to ``target``."""
+    from training.data.splits import cold_start_split
+    from training.train_bridge_inductive import InductiveArgs, run
+
+    stage(f"train: cold-start bridge {source} -> {target} (inductive; for users with no {target} history)")
+    try:
+        split = cold_start_split(data, source, target, beta=0.2)
+    except ValueError as exc:  # e.g. no users in both domains: the demo serves popularity to newcomers
+        print(f"no bridge: {exc}")
+        return None
+    report = run(split, InductiveArgs(epochs=max(1, min(epochs, 8)), patience=2), out)
+    test: dict[str, dict[str, float]] = report["test"]  # type: ignore[assignment]
+    print("cold users' test NDCG@10: " + ", ".join(f"{k} {v['NDCG@10']:.4f}" for k, v in test.items()))
+    checkpoints: dict[str, str] = report["checkpoints"]  # type: ignore[assignment]
+    return Path(checkpoints["bridge-inductive"])
+
+
+def write_handoff(
+    out: Path, spec: str, data: Interactions, target: str, checkpoint: Path, bridge: Path | None = None
+) -> None:
     """``demo.json`` and ``sequences.json`` for the serving half (which never imports training)."""
     sequences: dict[str, dict[str, list[str]]] = {}
     for domain in data.domains:
@@ -87,6 +113,7 @@ def write_handoff(out: Path, spec: str, data: Interactions, target: str, checkpo
         "target_domain": target,
         "source_domain": sources[0] if sources else None,
         "checkpoint": str(Path(checkpoint).resolve()),
+        "bridge_checkpoint": str(bridge.resolve()) if bridge is not None else None,
         "users": len(sequences),
     }
     (out / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")

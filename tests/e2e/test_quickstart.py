@@ -1,9 +1,15 @@
 """The README's quick start stays true: it names exactly the two commands, and the demo path runs."""
 
+import json
 import re
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,22 +26,64 @@ def test_readme_quick_start_is_exactly_make_demo_and_make_test() -> None:
     assert _quick_start_commands() == ["make demo", "make test"]
 
 
-def test_makefile_demo_target_runs_the_demo_module() -> None:
+def _recipe(target: str) -> str:
     makefile = (ROOT / "Makefile").read_text()
-    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
-    assert "install" in recipe.splitlines()[0] and "-m training.demo" in recipe
+    return makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
 
 
-def test_demo_trains_evaluates_and_prints_the_table(tmp_path: Path) -> None:
-    # the same module `make demo` runs (install is already done: we are running inside its venv)
-    proc = subprocess.run(
-        [sys.executable, "-m", "training.demo", "--epochs", "3", "--out", str(tmp_path)],
+def test_makefile_demo_target_runs_both_halves_and_demo_down_stops_them() -> None:
+    recipe = _recipe("demo")
+    assert "install" in recipe.splitlines()[0]
+    assert "-m training.demo" in recipe and "-m service.demo up" in recipe
+    assert recipe.index("-m training.demo") < recipe.index("-m service.demo up")
+    assert "-m service.demo down" in _recipe("demo-down")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_demo_end_to_end_trains_serves_refreshes_and_answers_over_http(tmp_path: Path) -> None:
+    # the same two modules `make demo` runs (install is already done: we are running inside its venv)
+    out = tmp_path / "demo"
+    train = subprocess.run(
+        [sys.executable, "-m", "training.demo", "--epochs", "2", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    for stage in ("==> data", "==> train: SASRec", "==> evaluate"):
-        assert stage in out
-    table = out.split("==> evaluate", 1)[1]
+    assert train.returncode == 0, train.stderr[-2000:]
+    for stage in ("==> data", "==> train: SASRec", "==> evaluate", "==> train: cold-start bridge"):
+        assert stage in train.stdout
+    table = train.stdout.split("==> evaluate", 1)[1]
     assert re.search(r"popularity\s+\d\.\d{4}", table) and re.search(r"sasrec\s+\d\.\d{4}", table)
-    assert list(tmp_path.glob("sasrec.*.pt")), "the demo wrote no checkpoint"
+    assert list(out.glob("sasrec.*.pt")), "the demo wrote no checkpoint"
+    assert (out / "demo.json").exists() and (out / "sequences.json").exists()
+
+    port = _free_port()
+    try:
+        serve = subprocess.run(
+            [sys.executable, "-m", "service.demo", "up", "--out", str(out), "--port", str(port),
+             "--export-arg=--random-sequences=64", "--export-arg=--real-sequences=64"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )
+        assert serve.returncode == 0, serve.stdout[-3000:] + serve.stderr[-3000:]
+        text = serve.stdout
+        for stage in ("==> export", "==> verify", "==> redis", "==> seed", "==> serve", "==> refresh", "==> ask",
+                      "==> done"):
+            assert stage in text, text
+        assert re.search(r"refresh music: (\d+) users scanned, \1 encoded", text), text
+        warm, cold = text.split("\nwarm user", 1)[1].split("\ncold-start user", 1)
+        assert "strategy gur, cached vector" in warm  # the refresh job's vector served the warm user
+        assert "strategy bridge" in cold and "strategy bridge, from book" in cold  # recommend, then the lookup
+        assert f"curl -s http://127.0.0.1:{port}/readyz" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:  # left running
+            assert json.loads(resp.read())["ready"] is True
+    finally:
+        stop = subprocess.run([sys.executable, "-m", "service.demo", "down", "--out", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0 and "stopped the service" in stop.stdout and "stopped Redis" in stop.stdout
+    assert not (out / "service.pid").exists() and not (out / "redis.pid").exists()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)

@@ -16,6 +16,7 @@ class FakeStore:
         self.lists: dict[tuple[str, str], list[str]] = {}
         self.down: str | None = None  # a reason: every call raises StoreUnavailable(reason)
         self.reads = 0
+        self.cached: dict[tuple[str, str], bytes] = {}  # (user, domain) -> a packed embedding
 
     def _check(self) -> None:
         if self.down is not None:
@@ -25,6 +26,12 @@ class FakeStore:
         self._check()
         self.reads += 1
         return {d: list(self.lists.get((user_id, d), [])) for d in domains}
+
+    async def read_cached(
+        self, user_id: str, domains: Sequence[str], emb_domain: str
+    ) -> tuple[dict[str, list[str]], bytes | None]:
+        seqs = await self.read(user_id, domains)
+        return seqs, self.cached.get((user_id, emb_domain))
 
     async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
         self._check()
