@@ -79,6 +79,9 @@ def train_cdsrec(
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scorer = two_domain_scorer(model, args.max_len, n_target)
     steps_per_epoch = -(-len(data.length) // args.batch_size)
+    # batches are bucketed by length, so their numbers of predicted positions differ a lot: weigh each batch
+    # by its positions, so that every position counts the same as in randomly drawn batches
+    per_batch = (data.target_out != 0).sum() / steps_per_epoch
     step = 0
 
     def train_epoch(epoch: int) -> float:
@@ -92,13 +95,14 @@ def train_cdsrec(
             user, g_t, g_s = model.states_and_gurs(t_in, s_in, s_idx)  # (B, T, D) user vector after each column
             real = t_out != 0
             loss = item_loss(user[real], t_out[real], model.item_vectors(), args.loss, negs[0])
+            weight = float(real.sum()) / per_batch
             if args.aux_weight > 0:
                 strength = reversal_strength(step / (args.epochs * steps_per_epoch))
                 parts = guru_losses(model.guru, g_t, g_s, t_in, s_in, t_out, strength, args.loss, negs)
                 aux = parts["rec"] + args.adv_weight * parts["adv"] + args.align_weight * parts["align"]
                 loss = loss + args.aux_weight * aux
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (weight * loss).backward()
             opt.step()
             total, n, step = total + loss.item(), n + 1, step + 1
         return total / max(1, n)

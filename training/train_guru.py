@@ -163,6 +163,8 @@ def train_guru(
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scorer = two_domain_scorer(model, args.max_len, n_target)
     steps_per_epoch = -(-len(data.length) // args.batch_size)
+    # length-bucketed batches: weigh each by its real positions so every position counts the same
+    per_batch = ((data.target_in != 0).sum() + (data.source_in != 0).sum()) / steps_per_epoch
     step = 0
 
     def train_epoch(epoch: int) -> float:
@@ -174,8 +176,9 @@ def train_guru(
             h_t, h_s = model.latents(t_in, 0), model.latents(s_in, 1)
             parts = guru_losses(model, h_t, h_s, t_in, s_in, t_out, strength, args.loss, negs)
             loss = parts["rec"] + args.adv_weight * parts["adv"] + args.align_weight * parts["align"]
+            weight = float((t_in != 0).sum() + (s_in != 0).sum()) / per_batch
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (weight * loss).backward()
             opt.step()
             total, n, step = total + loss.item(), n + 1, step + 1
         return total / max(1, n)

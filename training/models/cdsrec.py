@@ -60,11 +60,18 @@ class AttentionFusion(nn.Module):
     source items that matter, as the merged-sequence baseline can; the GURs themselves stay context-free.
     """
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, max_len: int) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.max_len = heads, max_len
+        self.scale = 1.0 / math.sqrt(dim // heads)
         self.gur_proj = nn.Linear(dim, dim)
+        self.recency = nn.Embedding(max_len, heads)  # bias per head by how many source items back a key is
+        nn.init.zeros_(self.recency.weight)
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        # zero-initialised output: training starts from the short-term encoder alone and adds what the GURs
+        # bring only as far as it helps
+        nn.init.zeros_(self.o.weight)
+        nn.init.zeros_(self.o.bias)
         self.ln = nn.LayerNorm(dim)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,10 +79,17 @@ class AttentionFusion(nn.Module):
         return x.view(B, T, self.heads, D // self.heads).transpose(1, 2)  # (B, H, T, Dh)
 
     def forward(
-        self, s: torch.Tensor, g_t: torch.Tensor, g_s: torch.Tensor, has_t: torch.Tensor, source_mask: torch.Tensor
+        self,
+        s: torch.Tensor,
+        g_t: torch.Tensor,
+        g_s: torch.Tensor,
+        has_t: torch.Tensor,
+        source_mask: torch.Tensor,
+        source_back: torch.Tensor,
     ) -> torch.Tensor:
         """s, g_t: (B, T, D); g_s: (B, T', D); has_t: (B, T); source_mask: (B, T, T') True where query t may
-        read source column t' -> (B, T, D)."""
+        read source column t'; source_back: (B or 1, T, T') how many source items before the query's newest
+        allowed one column t' is -> (B, T, D)."""
         B, T, D = s.shape
         q = self._split(self.q(s))  # (B, H, T, Dh)
         own = torch.stack([s, self.gur_proj(g_t)], dim=2)  # (B, T, 2, D): per-query keys
@@ -83,9 +97,9 @@ class AttentionFusion(nn.Module):
         own_v = self.v(own).view(B, T, 2, self.heads, D // self.heads).permute(0, 3, 1, 2, 4)
         src = self.gur_proj(g_s)
         src_k, src_v = self._split(self.k(src)), self._split(self.v(src))  # (B, H, T', Dh)
-        scale = 1.0 / math.sqrt(D // self.heads)
-        own_logits = (own_k @ q[..., None]).squeeze(-1) * scale  # (B, H, T, 2)
-        src_logits = (q @ src_k.transpose(-2, -1)) * scale  # (B, H, T, T')
+        own_logits = (own_k @ q[..., None]).squeeze(-1) * self.scale  # (B, H, T, 2)
+        recency = self.recency(source_back.clamp(0, self.max_len - 1)).permute(0, 3, 1, 2)  # (B|1, H, T, T')
+        src_logits = (q @ src_k.transpose(-2, -1)) * self.scale + recency  # (B, H, T, T')
         own_ok = torch.stack([torch.ones_like(has_t), has_t], dim=-1)[:, None]  # (B, 1, T, 2)
         logits = torch.cat([own_logits.masked_fill(~own_ok, -1e9),
                             src_logits.masked_fill(~source_mask[:, None], -1e9)], dim=-1)
@@ -103,7 +117,7 @@ class CDSRec(nn.Module):
         enc = EncoderConfig(cfg.dim, cfg.short_layers, cfg.heads, cfg.dropout, cfg.max_len)
         self.short = CausalEncoder(enc, "transformer", window=cfg.short_window)
         self.empty = nn.Parameter(torch.zeros(cfg.dim))  # the short-term state of an empty target history
-        self.fusion = AttentionFusion(cfg.dim, cfg.heads)
+        self.fusion = AttentionFusion(cfg.dim, cfg.heads, cfg.max_len)
 
     def item_vectors(self) -> torch.Tensor:
         """(n_target + 1, D) target item vectors; row 0 is padding."""
@@ -116,11 +130,17 @@ class CDSRec(nn.Module):
         return s, self.guru.latents(target_seq, 0), self.guru.latents(source_seq, 1)
 
     def fuse(
-        self, s: torch.Tensor, g_t: torch.Tensor, g_s: torch.Tensor, has_t: torch.Tensor, source_mask: torch.Tensor
+        self,
+        s: torch.Tensor,
+        g_t: torch.Tensor,
+        g_s: torch.Tensor,
+        has_t: torch.Tensor,
+        source_mask: torch.Tensor,
+        source_back: torch.Tensor,
     ) -> torch.Tensor:
         """Short-term states (B, T, D) + GURs -> user vectors (B, T, D); see ``AttentionFusion``."""
         s = torch.where(has_t[..., None], s, self.empty)
-        return self.fusion(s, g_t, g_s, has_t, source_mask)
+        return self.fusion(s, g_t, g_s, has_t, source_mask, source_back)
 
     def states(self, target_seq: torch.Tensor, source_seq: torch.Tensor, source_idx: torch.Tensor) -> torch.Tensor:
         """Training path: the user vector after every target column, (B, T, D).
@@ -136,14 +156,17 @@ class CDSRec(nn.Module):
         """``states`` plus the GURs it read (target (B, T, D), source (B, T', D)), for GURU's own losses."""
         s, g_t, g_s = self.encode(target_seq, source_seq)
         cols = torch.arange(source_seq.shape[1], device=source_seq.device)
-        source_mask = (cols[None, None, :] <= source_idx[..., None]) & (source_seq != 0)[:, None, :]  # (B, T, T')
-        return self.fuse(s, g_t, g_s, target_seq != 0, source_mask), g_t, g_s
+        back = source_idx[..., None] - cols  # (B, T, T'): < 0 for source items at or after the predicted one
+        source_mask = (back >= 0) & (source_seq != 0)[:, None, :]
+        return self.fuse(s, g_t, g_s, target_seq != 0, source_mask, back), g_t, g_s
 
     def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
         """Serving tower: (B, T) target ids, (B, T') source ids -> (B, D) user vector in target item space."""
         s, g_t, g_s = self.encode(target_seq, source_seq)
-        source_mask = (source_seq != 0)[:, None, :]  # (B, 1, T'): every source item is in the past
-        return self.fuse(s[:, -1:], g_t[:, -1:], g_s, target_seq[:, -1:] != 0, source_mask)[:, 0]
+        cols = torch.arange(source_seq.shape[1], device=source_seq.device)
+        back = (cols[-1:] - cols)[None, None, :]  # (1, 1, T'): every source item is in the past
+        source_mask = (source_seq != 0)[:, None, :]  # (B, 1, T')
+        return self.fuse(s[:, -1:], g_t[:, -1:], g_s, target_seq[:, -1:] != 0, source_mask, back)[:, 0]
 
     def score(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
         return self(target_seq, source_seq) @ self.item_vectors().T  # (B, N+1)

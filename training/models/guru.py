@@ -17,10 +17,10 @@ second discriminator pass and a second optimiser, and on a 1-thread CPU budget e
 reversal strength follows the DANN ramp 2/(1+exp(-10 p)) - 1 over training progress p, so the encoder first
 learns to reconstruct and only then is pushed to hide the domain, which keeps the min-max game stable.
 
-Positions count from the first real item of the (left padded) row, and attention is causal, so the state at
-column t is exactly what the encoder gives for the prefix v_1..v_t on its own: the training path (every
-position at once) and the serving path (last column) compute the same numbers, which is what the no-leakage
-and padding-invariance tests pin.
+Attention is causal and order enters only as relative positions (distance in items), so the state at column t
+is exactly what the encoder gives for the prefix v_1..v_t on its own: the training path (every position at
+once) and the serving path (last column) compute the same numbers, which is what the no-leakage and
+padding-invariance tests pin.
 
 ``GURU.forward(target_seq, source_seq)`` is the "GUR alone" serving tower: the mean of the two domains' GURs
 (an empty domain is left out), decoded into the target item space; domain index 0 is the target domain.
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.models.layers import Block, EncoderConfig, attention_mask
+from training.models.layers import EncoderConfig, attention_mask
 
 EncoderKind = Literal["transformer", "lstm"]
 
@@ -54,11 +54,53 @@ class GURUConfig:
     adversarial: bool = True
 
 
+class RelativeAttention(nn.Module):
+    """Multi-head self-attention with an additive bias per head on the logits (relative positions)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        assert cfg.dim % cfg.heads == 0, "dim must divide by heads"
+        self.heads = cfg.heads
+        self.scale = 1.0 / math.sqrt(cfg.dim // cfg.heads)  # a constant, not traced from shapes on export
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), mask (B, 1, T, T) True where allowed, bias (1, H, T, T) -> (B, T, D)."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q = q.view(B, T, self.heads, D // self.heads).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, self.heads, D // self.heads).transpose(1, 2)
+        v = v.view(B, T, self.heads, D // self.heads).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * self.scale + bias  # (B, H, T, T)
+        att = self.drop(torch.softmax(att.masked_fill(~mask, -1e9), dim=-1))
+        return self.drop(self.proj((att @ v).transpose(1, 2).reshape(B, T, D)))
+
+
+class RelativeBlock(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.attn = RelativeAttention(cfg)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask, bias)
+        return x + self.mlp(self.ln2(x))
+
+
 class CausalEncoder(nn.Module):
     """(B, T, D) embedded items + (B, T) padding flags -> (B, T, D) states; state t depends on items <= t only.
 
-    ``window > 0`` limits attention to the last ``window`` items (a short-term encoder). A padding column's
-    state is finite but meaningless: callers mask it.
+    Order enters only as **relative** positions: a learned bias per head and distance (in items) between query
+    and key, as in T5. Absolute positions would make state t depend on where the row starts (from the left) or
+    ends (from the right, which in a training row leaks how many items follow); distances do neither, so state
+    t is identical inside a longer sequence and on the prefix alone, and the most recent item is always at
+    distance 0, however long the history at serving time. ``window > 0`` limits attention to the last
+    ``window`` items (a short-term encoder). A padding column's state is finite but meaningless: callers mask it.
     """
 
     def __init__(self, cfg: EncoderConfig, kind: str = "transformer", window: int = 0) -> None:
@@ -69,31 +111,33 @@ class CausalEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.ln = nn.LayerNorm(cfg.dim)
         if kind == "transformer":
-            self.pos = nn.Embedding(cfg.max_len, cfg.dim)
-            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+            self.rel = nn.Embedding(cfg.max_len, cfg.heads)  # bias per distance 0..max_len-1 and head
+            nn.init.zeros_(self.rel.weight)
+            self.blocks = nn.ModuleList(RelativeBlock(cfg) for _ in range(cfg.layers))
         else:
             between = cfg.dropout if cfg.layers > 1 else 0.0
             self.lstm = nn.LSTM(cfg.dim, cfg.dim, num_layers=cfg.layers, batch_first=True, dropout=between)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
-        n_pad = pad.sum(dim=1, keepdim=True)  # (B, 1)
         ar = torch.arange(T, device=x.device)[None, :]  # (1, T)
-        x = x.masked_fill(pad[..., None], 0.0)
+        x = self.drop(x).masked_fill(pad[..., None], 0.0)
         if self.kind == "lstm":
             # rotate each row so its real items come first: the LSTM then starts from its zero state at the
             # first real item however much padding there is, and rotating back restores the column layout
+            n_pad = pad.sum(dim=1, keepdim=True)  # (B, 1)
             fwd = ((ar + n_pad) % T)[..., None].expand(B, T, D)
-            y, _ = self.lstm(self.drop(x.gather(1, fwd)))  # (B, T, D), right padded
+            h0 = x.new_zeros((self.lstm.num_layers, B, D))  # explicit zero state: exports with a dynamic batch
+            y, _ = self.lstm(x.gather(1, fwd), (h0, h0))  # (B, T, D), right padded
             back = ((ar - n_pad) % T)[..., None].expand(B, T, D)
             return self.ln(y.gather(1, back))
-        pos = (ar - n_pad).clamp(0, self.max_len - 1)  # (B, T): 0 at the first real item
-        x = self.drop(x + self.pos(pos)).masked_fill(pad[..., None], 0.0)
+        dist = ar.T - ar  # (T, T): query minus key, in items
+        bias = self.rel(dist.clamp(0, self.max_len - 1)).permute(2, 0, 1)[None]  # (1, H, T, T)
         mask = attention_mask(pad, causal=True)  # (B, 1, T, T)
         if self.window > 0:
-            mask = mask & ((ar.T - ar) < self.window)[None, None]
+            mask = mask & (dist < self.window)[None, None]
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, bias)
         return self.ln(x)
 
 
