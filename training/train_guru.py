@@ -139,9 +139,10 @@ class GURUArgs:
     adversarial: bool = True
     adv_weight: float = 0.1
     align_weight: float = 0.1
+    cross: bool = False  # also decode target items from the source GUR (see guru_losses)
     loss: str = "sampled"  # "sampled" | "bpr" | "ce"
-    negatives: int = 1024
-    pop_mix: float = 0.5  # share of negatives drawn by popularity (the rest uniform)
+    negatives: int = 2048
+    pop_mix: float = 1.0  # share of negatives drawn by popularity (the rest uniform)
     weight_decay: float = 0.0
     seed: int = 0
 
@@ -170,11 +171,12 @@ def train_guru(
     def train_epoch(epoch: int) -> float:
         nonlocal step
         total, n = 0.0, 0
-        for t_in, t_out, s_in, _ in bucketed_batches(data, args.batch_size, rng):
+        for t_in, t_out, s_in, s_idx in bucketed_batches(data, args.batch_size, rng):
             strength = reversal_strength(step / (args.epochs * steps_per_epoch))
             negs = (samplers[0](), samplers[1]())
             h_t, h_s = model.latents(t_in, 0), model.latents(s_in, 1)
-            parts = guru_losses(model, h_t, h_s, t_in, s_in, t_out, strength, args.loss, negs)
+            parts = guru_losses(model, h_t, h_s, t_in, s_in, t_out, s_idx, strength, args.loss, negs,
+                                args.cross)
             loss = parts["rec"] + args.adv_weight * parts["adv"] + args.align_weight * parts["align"]
             weight = float((t_in != 0).sum() + (s_in != 0).sum()) / per_batch
             opt.zero_grad(set_to_none=True)

@@ -39,9 +39,9 @@ def test_guru_loss_drops_after_a_few_training_steps(encoder: str) -> None:
     batch = next(bucketed_batches(data, 64, rng))
     losses = []
     for _ in range(30):
-        t_in, t_out, s_in, _ = batch
-        parts = guru_losses(model, model.latents(t_in, 0), model.latents(s_in, 1), t_in, s_in, t_out, 0.5, "ce",
-                            (None, None))
+        t_in, t_out, s_in, s_idx = batch
+        parts = guru_losses(model, model.latents(t_in, 0), model.latents(s_in, 1), t_in, s_in, t_out, s_idx, 0.5,
+                            "ce", (None, None))
         loss = parts["rec"] + 0.1 * parts["adv"] + 0.1 * parts["align"]
         opt.zero_grad()
         loss.backward()
@@ -55,7 +55,8 @@ def test_adversarial_loss_is_zero_when_the_adversary_is_switched_off() -> None:
     out = torch.nn.functional.pad(t[:, 1:], (0, 1))
     for adversarial, expect_zero in ((True, False), (False, True)):
         model = _model(adversarial=adversarial)
-        parts = guru_losses(model, model.latents(t, 0), model.latents(s, 1), t, s, out, 1.0, "ce", (None, None))
+        idx = torch.full_like(t, 7)
+        parts = guru_losses(model, model.latents(t, 0), model.latents(s, 1), t, s, out, idx, 1.0, "ce", (None, None))
         assert (parts["adv"].item() == 0.0) == expect_zero
 
 

@@ -105,7 +105,6 @@ def from_frame(
     if "rating" not in raw:
         raw["rating"] = np.nan
     user_ids = sorted(raw["user_id"].unique())
-    user_index = {u: i for i, u in enumerate(user_ids)}
     item_ids: dict[str, list[str]] = {}
     item_col = np.zeros(len(raw), dtype=np.int64)
     for d in sorted(raw["domain"].unique()):
@@ -114,12 +113,12 @@ def from_frame(
         catalog = list((item_catalog or {}).get(d, []))
         extra = sorted(set(seen) - set(catalog))
         ids = [PAD, *catalog, *extra]
-        index = {x: i for i, x in enumerate(ids)}
         item_ids[d] = ids
-        item_col[mask] = raw.loc[mask, "item_id"].map(index).to_numpy()
+        # Index.get_indexer: a hash lookup in C; Series.map(dict) on string columns costs ~2 s per 1M rows
+        item_col[mask] = pd.Index(ids).get_indexer(raw.loc[mask, "item_id"])
     frame = pd.DataFrame(
         {
-            "user": raw["user_id"].map(user_index).to_numpy(np.int64),
+            "user": pd.Index(user_ids).get_indexer(raw["user_id"]).astype(np.int64),
             "item": item_col,
             "domain": raw["domain"].to_numpy(),
             "order": raw["order"].to_numpy(np.int64),

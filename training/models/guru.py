@@ -7,8 +7,10 @@ Parts (DESIGN §3: serving module with its training-only heads beside it):
 * per-domain autoregressive decoders: the decoder of domain d reads the causal latent ``h_t`` (a summary of
   v_1..v_t) and scores the next item, so the reconstruction loss is -sum_t log p(v_{t+1} | v_<=t) with the
   sequence reconstructed item by item through the latent;
-* a domain discriminator on ``h`` trained adversarially (``adversarial=False`` switches it off for the ablation),
-  plus an alignment term pulling together the two domain representations of a user active in both domains.
+* a domain discriminator on ``h`` trained adversarially (``adversarial=False`` switches it off for the ablation);
+* overlapping users' two representations pulled together: a cosine term between the latest target and source
+  GURs (optionally also a cross-domain reconstruction, ``cross``: the source GUR of a moment decodes the next
+  target item).
 
 Adversarial training uses a **gradient reversal layer** (Ganin & Lempitsky 2015) rather than alternating
 steps: the discriminator minimises its cross-entropy while the encoder receives the negated gradient of the
@@ -30,15 +32,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from training.models.layers import EncoderConfig, attention_mask
-
-EncoderKind = Literal["transformer", "lstm"]
 
 
 @dataclass
@@ -251,15 +250,19 @@ def guru_losses(
     t_in: torch.Tensor,
     s_in: torch.Tensor,
     t_out: torch.Tensor,
+    source_idx: torch.Tensor,
     strength: float,
     kind: str,
     negatives: tuple[Negatives | None, Negatives | None],
+    cross: bool = False,
 ) -> dict[str, torch.Tensor]:
     """GURU's losses from the latents ``h_t`` (B, T, D) of ``t_in`` and ``h_s`` (B, T', D) of ``s_in``.
 
     ``t_out`` holds the target item after each column of ``t_in`` (0 = none); a source column's next item is
-    the next column of ``s_in``. Returns reconstruction ("rec"), adversarial ("adv", zero when the model is
-    not adversarial) and alignment ("align") terms.
+    the next column of ``s_in``; ``source_idx`` (B, T) is the source column last before each ``t_out`` item
+    (-1: none). Returns reconstruction ("rec": each domain's next items from its own GURs; with ``cross``
+    also the next target item from the source GUR of the same moment), adversarial ("adv", zero when the
+    model is not adversarial) and alignment ("align") terms.
     """
     s_out = F.pad(s_in[:, 1:], (0, 1))  # (B, T'): next source item of each column
     rec = h_t.new_zeros(())
@@ -267,9 +270,21 @@ def guru_losses(
         real = (x != 0) & (y != 0)
         if bool(real.any()):
             rec = rec + item_loss(model.decode(h[real], d), y[real], model.item_emb[d].weight, kind, negatives[d])
-    # one GUR per user present in both domains: pull the two most recent representations together
+    # cross: the source GUR decodes into the target domain too, so the two domains' GURs of a user become
+    # interchangeable. Off by default: on Art-Office it lets the source history act as a user id that
+    # memorises the user's training targets (valid up, test down; numbers in bench/cross_domain.py)
+    B, T, D = h_t.shape
+    pairs = (source_idx >= 0) & (t_out != 0)
+    if cross and bool(pairs.any()):
+        h_s_at = h_s.gather(1, source_idx.clamp(min=0)[..., None].expand(B, T, D))  # (B, T, D)
+        rec = rec + item_loss(model.decode(h_s_at[pairs], 0), t_out[pairs], model.item_emb[0].weight, kind,
+                              negatives[0])
+    # one GUR per user present in both domains: pull the two most recent representations together (cosine
+    # distance, in [0, 2]: a squared distance between layer-normed vectors is ~dim times larger and swamps
+    # the reconstruction terms)
     both = (t_in[:, -1] != 0) & (s_in[:, -1] != 0)  # (B,)
-    align = ((h_t[:, -1] - h_s[:, -1]) ** 2).sum(-1)[both].mean() if bool(both.any()) else h_t.new_zeros(())
+    cos = F.cosine_similarity(h_t[:, -1], h_s[:, -1], dim=-1)  # (B,)
+    align = (1 - cos)[both].mean() if bool(both.any()) else h_t.new_zeros(())
     adv = h_t.new_zeros(())
     if model.cfg.adversarial:
         z = torch.cat([h_t[t_in != 0], h_s[s_in != 0]])  # (M, D) latents of real positions
