@@ -1,13 +1,14 @@
-"""`make demo`, first half (torch): data -> SASRec -> evaluation table, and the hand-off to the serving half.
+"""`make demo`, first half (torch): data -> CDSRec -> evaluation table, and the hand-off to the serving half.
 
-Generates the synthetic cross-domain data (or reads DATA=path, a generic interactions file), trains SASRec on
-the target domain with early stopping, evaluates it against popularity on the held-out test items and prints
-the table, then trains the inductive cold-start bridge (source -> target) briefly. It then writes, under
+Generates the synthetic cross-domain data (or reads DATA=path, a generic interactions file), trains the
+cross-domain user tower (CDSRec: the user's target sequence fused with the GUR of both domains' histories; or
+``--model sasrec``, target domain only) with early stopping, evaluates it against popularity and single-domain
+SASRec on the held-out test items and prints the table, then trains the inductive cold-start bridge (source -> target) briefly. It then writes, under
 ``--out``, what the torch-free second half (``python -m service.demo up``:
 export, Redis, seed, serve, refresh, HTTP calls) needs: ``demo.json`` (data spec, domains, checkpoint) and
 ``sequences.json`` (every user's history per domain, external ids, oldest first: the seed for Redis).
 
-    python -m training.demo [--data PATH] [--target-domain D] [--epochs N] [--out demo-out]
+    python -m training.demo [--data PATH] [--target-domain D] [--model cdsrec|sasrec] [--epochs N] [--out demo-out]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from training.data.interactions import DataError, Interactions
 from training.data.source import load_data
 from training.data.splits import leave_one_out
 from training.evaluation import evaluate_ranking
+from training.train_cdsrec import CDSRecArgs, train_cdsrec
 from training.train_sasrec import SASRecArgs, train_sasrec
 
 
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="synthetic", help="a generic interactions file; default: synthetic data")
     p.add_argument("--target-domain", default=None, help="default: the domain with the shorter sequences")
+    p.add_argument("--model", choices=("cdsrec", "sasrec"), default="cdsrec", help="the user encoder to serve")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--no-bridge", action="store_true", help="skip the cold-start bridge (newcomers get popularity)")
@@ -59,13 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     stage("train: popularity")
     pop = Popularity(split.train, target, data.n_items(target))
 
-    stage(f"train: SASRec on {target} (early stopping on validation NDCG@10)")
-    args = SASRecArgs(epochs=ns.epochs, patience=5, lr=3e-3)
-    _, result, scorer = train_sasrec(split, args, ns.out / f"sasrec.{target}.pt")
+    stage(f"train: SASRec on {target} alone (the single-domain baseline; early stopping on validation NDCG@10)")
+    sasrec_ckpt = ns.out / f"sasrec.{target}.pt"
+    sasrec_args = SASRecArgs(epochs=ns.epochs, patience=5, lr=3e-3)
+    _, result, sasrec = train_sasrec(split, sasrec_args, sasrec_ckpt)
     print(f"best epoch {result.best_epoch}, {result.epoch_s:.1f} s/epoch, checkpoint {result.checkpoint}")
+    scorers = {"popularity": pop.score, "sasrec": sasrec}
+    checkpoint = result.checkpoint or sasrec_ckpt
+    if ns.model == "cdsrec":
+        stage(f"train: CDSRec on {target} with the GUR of both domains (the served user encoder)")
+        cdsrec_ckpt = ns.out / f"cdsrec.{target}.pt"
+        _, result, scorers["cdsrec"] = train_cdsrec(split, CDSRecArgs(epochs=ns.epochs, patience=5), cdsrec_ckpt)
+        print(f"best epoch {result.best_epoch}, {result.epoch_s:.1f} s/epoch, checkpoint {result.checkpoint}")
+        checkpoint = result.checkpoint or cdsrec_ckpt
 
     stage("evaluate: full ranking on the test items")
-    rows = {"popularity": evaluate_ranking(pop.score, split.test), "sasrec": evaluate_ranking(scorer, split.test)}
+    rows = {name: evaluate_ranking(score, split.test) for name, score in scorers.items()}
     metrics = list(rows["sasrec"])
     print(f"{'model':<12}" + "".join(f"{m:>10}" for m in metrics))
     for name, vals in rows.items():
@@ -74,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [d for d in data.domains if d != target]
     if sources and not ns.no_bridge:
         bridge = train_bridge(data, sources[0], target, ns.epochs, ns.out)
-    write_handoff(ns.out, ns.data, data, target, result.checkpoint or ns.out / f"sasrec.{target}.pt", bridge)
+    write_handoff(ns.out, ns.data, data, target, checkpoint, bridge)
     stage(f"training half done in {time.perf_counter() - start:.0f} s; handed off in {ns.out}/demo.json")
     return 0
 

@@ -54,11 +54,13 @@ def test_demo_end_to_end_trains_serves_refreshes_and_answers_over_http(tmp_path:
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert train.returncode == 0, train.stderr[-2000:]
-    for stage in ("==> data", "==> train: SASRec", "==> evaluate", "==> train: cold-start bridge"):
+    for stage in ("==> data", "==> train: SASRec", "==> train: CDSRec", "==> evaluate", "==> train: cold-start bridge"):
         assert stage in train.stdout
     table = train.stdout.split("==> evaluate", 1)[1]
-    assert re.search(r"popularity\s+\d\.\d{4}", table) and re.search(r"sasrec\s+\d\.\d{4}", table)
-    assert list(out.glob("sasrec.*.pt")), "the demo wrote no checkpoint"
+    for model in ("popularity", "sasrec", "cdsrec"):
+        assert re.search(rf"{model}\s+\d\.\d{{4}}", table), table
+    assert list(out.glob("cdsrec.*.pt")), "the demo wrote no CDSRec checkpoint"
+    assert Path(json.loads((out / "demo.json").read_text())["checkpoint"]).name.startswith("cdsrec."), "not served"
     assert (out / "demo.json").exists() and (out / "sequences.json").exists()
 
     port = _free_port()
