@@ -10,6 +10,7 @@ docs/results.json (bench "quality") and the table + a bar chart into docs/result
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import shlex
 import sys
@@ -98,6 +99,29 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def kept_records(targets: set[str], models: set[str]) -> list[dict[str, Any]]:
+    """The recorded quality rows that this run does not replace (other models, or other targets)."""
+    path = DOCS / "results.json"
+    old = json.loads(path.read_text()) if path.exists() else []
+    return [r for r in old if r.get("bench") == BENCH
+            and not (r["model"] in models and r["task"].removeprefix("target=") in targets)]
+
+
+def previous_commands() -> list[str]:
+    """The command lines of the runs whose rows are kept, as the markdown section lists them."""
+    path = DOCS / "results.md"
+    text = path.read_text() if path.exists() else ""
+    section = text.split("<!-- bench:quality -->", 1)[-1].split("<!-- /bench:quality -->", 1)[0]
+    return [line.strip().removeprefix("- ").removeprefix("Command: ") for line in section.splitlines()
+            if line.strip().removeprefix("- ").startswith(("Command: `", "`python -m bench.quality"))]
+
+
+def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    """Rows by task, then in the bench's model order (popularity first), whatever run they came from."""
+    rank = {m: i for i, m in enumerate(models)}
+    return sorted(records, key=lambda r: (r["task"], rank.get(r["model"], len(rank))))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
@@ -106,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=None, help="default: every model available")
     p.add_argument("--jobs", type=int, default=2, help="cells trained side by side (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the recorded rows of models not run now (rerun some rows, keep the table)")
     ns = p.parse_args(argv)
     available = runners()
     models = ns.models or list(available)
@@ -132,14 +158,21 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(record(BENCH, DATASET, f"target={target}", model, m, [c[0][m] for c in cells]))
             records.append(record(BENCH, DATASET, f"target={target}", model, "epoch_s", [c[1] for c in cells]))
     minutes = (time.perf_counter() - wall) / 60
+    command = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
+    run_line = f"`{command.strip()}` ({minutes:.0f} min on this machine: {ns.jobs} processes x {ns.threads} thread)."
+    how = f"Command: {run_line}"
+    if ns.keep:
+        records = order_like(kept_records(set(ns.targets), set(models)) + records, list(available))
+        lines = [*previous_commands(), run_line]
+        how = "Commands (the rows of a later run replace an earlier run's):\n" + "\n".join(f"- {x}" for x in lines)
     md = table(records, [*METRICS, "epoch_s"])
     print(md)
     update_json(BENCH, records)
     plot(records, DOCS / "quality.png")
-    command = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
     update_markdown(BENCH, f"""## Next-item recommendation, Amazon Art-Office (bench `quality`)
 
-Command: `{command.strip()}` ({minutes:.0f} min on this machine: {ns.jobs} processes x {ns.threads} thread).
+{how}
+
 Leave-one-out in time order per target domain; test metrics over the full target catalogue (history items
 excluded), mean ± std over {len(ns.seeds)} seeds; `epoch_s` is train time per epoch.
 

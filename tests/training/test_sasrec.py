@@ -59,3 +59,32 @@ def test_sasrec_beats_popularity_on_ndcg10(tmp_path) -> None:
     assert result.checkpoint is not None and result.checkpoint.exists()
     assert sas_ndcg > 2 * pop_ndcg, (sas_ndcg, pop_ndcg)
     assert np.isfinite(result.epoch_s)
+
+
+def test_sequence_loss_with_n_output_is_the_softmax_over_those_items_only() -> None:
+    from torch.nn import functional as F
+
+    from training.models.sasrec import sequence_loss
+
+    model = _model()
+    x = torch.as_tensor(encode_batch([[21, 3, 25], [4, 22]], 6))  # items > 20 stand for source items
+    y = torch.as_tensor(encode_batch([[3, 0, 7], [0, 5]], 6))  # only the target items (1..20) are labels
+    loss = sequence_loss(model, x, y, negatives=0, n_output=20)
+    h, real = model.hidden(x), y > 0
+    logits = h[real] @ model.item_vectors()[:21].T
+    logits[:, 0] = -1e9
+    torch.testing.assert_close(loss, F.cross_entropy(logits, y[real]))
+
+
+def test_merged_sasrec_reads_both_domains_and_ranks_target_items_only() -> None:
+    # planted tastes shared by both domains, short target histories: the merged input has more to go on
+    data = synthetic_interactions(2, n_users=600, sticky=0.0, n_items=(40, 40), n_topics=10, mean_len=(12.0, 3.0))
+    split = leave_one_out(data, "music")
+    args = SASRecArgs(epochs=8, patience=8, dim=32, layers=1, max_len=16, lr=1e-2, negatives=0)
+    model, _, scorer = train_sasrec(split, args, merged=True)
+    assert model.cfg.n_items == data.n_items("music") + data.n_items("book")
+    scores = scorer(split.test)
+    assert scores.shape == (len(split.test), data.n_items("music") + 1)
+    pop = Popularity(split.train, "music", data.n_items("music"))
+    ours = evaluate_ranking(scorer, split.test)["NDCG@10"]
+    assert ours > evaluate_ranking(pop.score, split.test)["NDCG@10"] + 0.02

@@ -99,9 +99,19 @@ def popularity_sampler(labels: np.ndarray, n_items: int, power: float = 0.75) ->
 
 
 def sequence_loss(
-    model: SASRec, inputs: torch.Tensor, labels: torch.Tensor, negatives: int = 0, sampler: torch.Tensor | None = None
+    model: SASRec,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    negatives: int = 0,
+    sampler: torch.Tensor | None = None,
+    n_output: int | None = None,
 ) -> torch.Tensor:
-    """Next-item cross-entropy at every position whose label is a real item (see ``softmax_loss``)."""
+    """Next-item cross-entropy at every position whose label is a real item (see ``softmax_loss``).
+
+    ``n_output``: only items 1..n_output are candidates (the merged baseline reads both domains' items but
+    predicts target items only); labels must then lie in that range.
+    """
     h = model.hidden(inputs)  # (B, T, D)
     real = labels > 0
-    return softmax_loss(h[real], labels[real], model.item_vectors(), negatives, sampler)
+    items = model.item_vectors() if n_output is None else model.item_vectors()[: n_output + 1]
+    return softmax_loss(h[real], labels[real], items, negatives, sampler)
