@@ -86,6 +86,41 @@ class GraphSpec(_Strict):
     parity: ParityReport
 
 
+class TextParityReport(_Strict):
+    """The text item graph's parity: the torch reference (sentence-transformers ``encode`` -> the model's text
+    tower) against the serving path (``tokenizers`` with the manifest's settings -> onnxruntime)."""
+
+    passed: bool
+    texts: int
+    batch_sizes: list[int]
+    max_abs_diff: float
+    tolerance: float
+    max_tokens_seen: int  # the longest tokenized text (truncation to max_tokens exercised when it equals it)
+
+
+class TextItemsSpec(_Strict):
+    """A domain's text item encoder: item text -> item vector in that domain's item space (POST /v1/items).
+
+    ``graph`` takes ``input_ids`` and ``attention_mask`` (int64, (batch, tokens)) as ``tokenizer`` (a Hugging
+    Face ``tokenizer.json``) produces them with truncation to ``max_tokens`` and padding to the batch's longest
+    text with ``pad_id``; ``lowercase`` texts are lowercased first (the sentence model's ``do_lower_case``).
+    """
+
+    graph: str
+    tokenizer: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dim: int = Field(ge=1)
+    index: str  # key into Manifest.indexes: the item space the vectors join
+    max_tokens: int = Field(ge=1)
+    pad_id: int = Field(ge=0)
+    lowercase: bool
+    text_model: str  # the sentence-transformers model the graph embeds
+    text_dim: int = Field(ge=1)  # its sentence vector size (the text tower's input)
+    opset: int = Field(ge=17)
+    parity: TextParityReport
+
+
 class IndexSpec(_Strict):
     domain: str
     file: str
@@ -105,6 +140,9 @@ class DomainSpec(_Strict):
     n_items: int = Field(ge=1)
     ids_file: str
     popular_file: str | None
+    # rows the graphs were trained on (the first ones); the rest were added by their text (POST /v1/items, then
+    # folded in by `cdrec export --added-items`) and are never encoder input. None: every row.
+    model_items: int | None = Field(default=None, ge=1)
 
 
 class FileSpec(_Strict):
@@ -135,6 +173,7 @@ class Manifest(_Strict):
     onnxruntime: OrtSpec
     libraries: dict[str, str]
     files: dict[str, FileSpec]
+    text_items: dict[str, TextItemsSpec] = Field(default_factory=dict)  # domain -> its text item encoder
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -153,6 +192,9 @@ class Manifest(_Strict):
             for t in g.inputs:
                 if t.domain is not None and t.domain not in self.domains:
                     problems.append(f"graph {g.name} input {t.name} reads unknown domain {t.domain!r}")
+        for name, d in self.domains.items():
+            if d.model_items is not None and d.model_items > d.n_items:
+                problems.append(f"domain {name}: model_items {d.model_items} > n_items {d.n_items}")
         for key, idx in self.indexes.items():
             dom = self.domains.get(idx.domain)
             if dom is None:
@@ -162,8 +204,19 @@ class Manifest(_Strict):
                     f"index {key!r} holds {idx.count} items ({idx.ids_file}) but domain {idx.domain} has "
                     f"{dom.n_items} ({dom.ids_file})"
                 )
+        for domain, text in self.text_items.items():
+            idx = self.indexes.get(text.index)
+            if domain not in self.domains:
+                problems.append(f"text_items: domain {domain!r} is not in domains")
+            if idx is None:
+                problems.append(f"text_items.{domain} joins index {text.index!r}, which the manifest lacks")
+            elif idx.dim != text.dim or idx.domain != domain:
+                problems.append(
+                    f"text_items.{domain}: dim {text.dim} into index {text.index!r} ({idx.domain}, dim {idx.dim})"
+                )
         listed = set(self.files)
         wanted = {g.file for g in self.graphs} | {i.file for i in self.indexes.values()}
+        wanted |= {f for t in self.text_items.values() for f in (t.graph, t.tokenizer)}
         wanted |= {d.ids_file for d in self.domains.values()}
         wanted |= {d.popular_file for d in self.domains.values() if d.popular_file}
         if wanted - listed:
@@ -250,20 +303,47 @@ def _check_graphs(bundle: Path, m: Manifest, problems: list[str]) -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
-    for g in m.graphs:
+    declared = [(g.file, g.inputs, g.outputs) for g in m.graphs]
+    declared += [(t.graph, t.inputs, t.outputs) for t in m.text_items.values()]
+    for file, inputs, outputs in declared:
         try:
-            session = ort.InferenceSession(str(bundle / g.file), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            problems.append(f"{g.file}: onnxruntime cannot load it ({str(exc).strip()[:200]})")
+            problems.append(f"{file}: onnxruntime cannot load it ({str(exc).strip()[:200]})")
             continue
-        for role, declared, actual in (
-            ("input", g.inputs, session.get_inputs()),
-            ("output", g.outputs, session.get_outputs()),
+        for role, want_specs, actual in (
+            ("input", inputs, session.get_inputs()),
+            ("output", outputs, session.get_outputs()),
         ):
             got = [(a.name, _ORT_DTYPES.get(a.type, a.type), list(a.shape)) for a in actual]
-            want = [(t.name, t.dtype, list(t.shape)) for t in declared]
+            want = [(t.name, t.dtype, list(t.shape)) for t in want_specs]
             if got != want:
-                problems.append(f"{g.file}: the graph's {role}s are {got} but the manifest says {want}")
+                problems.append(f"{file}: the graph's {role}s are {got} but the manifest says {want}")
+
+
+TEXT_INPUTS: Final = ("input_ids", "attention_mask")
+
+
+def _check_text_items(bundle: Path, m: Manifest, problems: list[str]) -> None:
+    """The text item graphs take exactly (input_ids, attention_mask) and their tokenizers load."""
+    if not m.text_items:
+        return
+    for domain, t in m.text_items.items():
+        names = tuple(i.name for i in t.inputs)
+        if names != TEXT_INPUTS or any(i.dtype != "int64" for i in t.inputs):
+            problems.append(f"{t.graph}: text item inputs are {names}, expected int64 {TEXT_INPUTS} ({domain})")
+        if len(t.outputs) != 1 or t.outputs[0].dtype != "float32" or t.outputs[0].shape[-1:] != [t.dim]:
+            problems.append(f"{t.graph}: the output is not one float32 (batch, {t.dim}) item vector ({domain})")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        problems.append("tokenizers is not installed: cannot check the text item tokenizers (deep=False skips)")
+        return
+    for t in m.text_items.values():
+        try:
+            Tokenizer.from_file(str(bundle / t.tokenizer))
+        except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+            problems.append(f"{t.tokenizer}: the tokenizers library cannot load it ({str(exc).strip()[:200]})")
 
 
 def _check_indexes(bundle: Path, m: Manifest, problems: list[str]) -> None:
@@ -294,8 +374,9 @@ def verify_bundle(path: Path, deep: bool = True, hashes: bool = True) -> Manifes
 
     Always: the manifest parses and is self-consistent, its version names the directory, every listed file is
     present, the id maps have one unique id per indexed item, the popularity lists name known items. ``deep``:
-    the ONNX graphs load in onnxruntime with exactly the manifest's inputs and outputs, the FAISS indexes have
-    its dims, counts, metric and type. ``hashes``: every file's sha256 matches the manifest.
+    the ONNX graphs (text item graphs too) load in onnxruntime with exactly the manifest's inputs and outputs,
+    the text tokenizers load, the FAISS indexes have its dims, counts, metric and type. ``hashes``: every
+    file's sha256 matches the manifest.
     """
     bundle = Path(path)
     if not bundle.is_dir():
@@ -316,6 +397,7 @@ def verify_bundle(path: Path, deep: bool = True, hashes: bool = True) -> Manifes
     _check_json_files(bundle, m, problems)
     if deep:
         _check_graphs(bundle, m, problems)
+        _check_text_items(bundle, m, problems)
         _check_indexes(bundle, m, problems)
     if hashes:
         for name, spec in m.files.items():

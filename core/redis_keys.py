@@ -8,7 +8,9 @@ Redis Cluster and one MULTI (or script) may touch them together:
 * ``cdrec:{u:<user_id>}:emb:<domain>``: a cached user vector (float32 bytes) and the model version that made it,
   written by the refresh job and used only when that version is the serving one and the user's lists still
   have the fingerprint it was encoded from (format below, ``pack_embedding``);
-* ``cdrec:refresh:<domain>:cursor``: the refresh job's resumable SCAN cursor (``refresh_cursor_key``).
+* ``cdrec:refresh:<domain>:cursor``: the refresh job's resumable SCAN cursor (``refresh_cursor_key``);
+* ``cdrec:items:<domain>``: HASH item id -> text of the items added through ``POST /v1/items``
+  (``item_texts_key``), replayed into every bundle the service loads.
 
 User ids must not contain ``{`` or ``}`` (the service refuses them): a brace would move the hash tag.
 """
@@ -61,6 +63,13 @@ def refresh_cursor_key(domain: str) -> str:
     a pass over ``domain`` is unfinished (written in the same MSET as the embeddings of the keys before it,
     deleted when the SCAN returns 0), so a killed job resumes where its last write landed."""
     return f"{PREFIX}:refresh:{domain}:cursor"
+
+
+def item_texts_key(domain: str) -> str:
+    """``cdrec:items:<domain>``: HASH external item id -> item text of every item added through
+    ``POST /v1/items``. Written before the item is served; replayed (re-encoded from its text) into each bundle
+    the service loads, so a restart or reload keeps them until an export includes them in the bundle itself."""
+    return f"{PREFIX}:items:{domain}"
 
 
 # -- the cached embedding (``emb_key``) -------------------------------------------------------------------

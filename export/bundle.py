@@ -40,8 +40,10 @@ from core.manifest import (
     sha256_file,
 )
 from export import onnx_graph
+from export.added_items import fold_added
 from export.index import BuiltIndex, IndexOptions, build_index
 from export.parity import Inputs, ParityOptions, check_parity, concat, random_inputs, real_inputs, run_torch
+from export.text_items import text_graphs, write_text_items
 from export.towers import ExportError, Graph
 from export.verify import verify
 
@@ -69,6 +71,7 @@ class ExportOptions:
     threads: int = 1  # onnxruntime intra-op threads for the parity (the service's per-worker setting)
     version: str | None = None
     switch_current: bool = True
+    added_items: dict[str, dict[str, str]] = field(default_factory=dict)  # domain -> id -> text (POST /v1/items)
 
 
 def domains_from_data(data: Interactions) -> dict[str, DomainItems]:
@@ -254,6 +257,15 @@ def _build(
     rng = np.random.default_rng(opts.parity.seed)
     torch.set_num_threads(max(1, opts.threads))
     index_of, vectors = _assign_indexes(graphs)
+    texts = text_graphs(graphs)
+    # items added through the service by text join their domain after the model's own (export/added_items.py)
+    new_ids = fold_added(texts, opts.added_items, index_of, vectors, {d: it.ids for d, it in domains.items()})
+    model_items = {d: len(domains[d].ids) for d in new_ids}
+    domains = dict(domains)
+    for d, ids in new_ids.items():
+        old = domains[d]
+        counts = None if old.counts is None else np.concatenate([old.counts, np.zeros(len(ids), old.counts.dtype)])
+        domains[d] = DomainItems([*old.ids, *ids], counts, old.histories)
 
     # inputs: random + real users' histories; torch vectors of the real ones are the recall queries
     inputs: dict[str, Inputs] = {}
@@ -324,6 +336,11 @@ def _build(
                 parity=report,
             )
         )
+    # text models: the text item graph (text -> item vector) and its tokenizer, with their own parity
+    text_specs, text_failures = write_text_items(
+        texts, bundle, index_of, opts.opset, opts.threads, opts.parity.tolerance
+    )
+    failures += text_failures
     if failures:
         raise ExportError("parity failed, the bundle is not published:\n  " + "\n  ".join(failures))
 
@@ -345,7 +362,9 @@ def _build(
                     "counts": [int(items.counts[i]) for i in order],
                 },
             )
-        domain_specs[d] = DomainSpec(n_items=len(items.ids), ids_file=ids_file, popular_file=popular_file)
+        domain_specs[d] = DomainSpec(
+            n_items=len(items.ids), ids_file=ids_file, popular_file=popular_file, model_items=model_items.get(d)
+        )
 
     files = {p.name: FileSpec(bytes=p.stat().st_size, sha256=sha256_file(p)) for p in sorted(bundle.iterdir())}
     manifest = Manifest(
@@ -361,6 +380,7 @@ def _build(
         onnxruntime=onnx_graph.ort_spec(opts.threads),
         libraries=libraries(),
         files=files,
+        text_items=text_specs,
     )
     (bundle / MANIFEST).write_text(manifest.model_dump_json(indent=1) + "\n")
     return manifest

@@ -4,10 +4,13 @@ Examples:
     cdrec export --checkpoint runs/cdsrec.office.pt --bridge-checkpoint runs/bridge.art__office.pt \\
         --data ../shared/data/amazon_art_office_urllm --out artifacts
     cdrec export --checkpoint runs/sasrec.music.pt --data synthetic --out artifacts --index hnsw
+    cdrec export --checkpoint runs/unisrec.office.pt --data DATA --added-items redis://localhost:6379/0
     cdrec export verify artifacts/current
 
 `--data` is the data the checkpoints were trained on: it gives the external item ids written into the bundle,
 the popularity fallback and the real users' histories the parity and the index recall are measured on.
+A text model (UniSRec) also gets its text item graph, ``item_text.<domain>.onnx`` + its tokenizer, which the
+service's ``POST /v1/items`` runs; ``--added-items`` folds the items added that way into the new bundle.
 Exit status: 0 published (or verified), 1 refused (parity, recall or verification failed), 2 bad arguments.
 """
 
@@ -43,6 +46,10 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-overlap", type=float, default=0.99, help="top-10 overlap torch vs onnxruntime")
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
     p.add_argument("--no-switch", action="store_true", help="publish without pointing `current` at it")
+    p.add_argument(
+        "--added-items",
+        help="items the service added by text, to include: its Redis URL or a JSON file {domain: {item_id: text}}",
+    )
     return p
 
 
@@ -60,6 +67,7 @@ def _verify_main(argv: list[str]) -> int:
     graphs = {
         g.name: {"max_abs_diff": g.parity.max_abs_diff, "top10_overlap": g.parity.top10_overlap} for g in m.graphs
     }
+    graphs |= {f"item_text.{d}": {"max_abs_diff": t.parity.max_abs_diff} for d, t in m.text_items.items()}
     print(json.dumps({"bundle": str(ns.bundle), "version": m.version, "ok": True, "graphs": graphs}, indent=1))
     return 0
 
@@ -103,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         if ns.data is None:
             raise ExportError("--data is required: it gives the external item ids the bundle maps rows to")
         data = load_data(ns.data, seed=ns.seed)
+        if ns.added_items:
+            from export.added_items import read_added_items
+
+            opts.added_items = read_added_items(ns.added_items, list(data.domains))
         bundle = export_bundle(graphs, ns.out, domains_from_data(data), opts, data_name=data.name)
     except (DataError, FileNotFoundError) as exc:
         print(f"cdrec export: {exc}", file=sys.stderr)
@@ -116,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "bundle": str(bundle),
         "current": opts.switch_current,
-        "graphs": {g.name: g.parity.model_dump(include={"max_abs_diff", "top10_overlap", "passed"}) for g in m.graphs},
+        "graphs": {g.name: g.parity.model_dump(include={"max_abs_diff", "top10_overlap", "passed"}) for g in m.graphs}
+        | {f"item_text.{d}": t.parity.model_dump(include={"max_abs_diff", "passed"}) for d, t in m.text_items.items()},
         "indexes": {
             k: {"type": i.type, "count": i.count, "recall_at_10": i.recall_at_10, "params": i.params}
             for k, i in m.indexes.items()

@@ -1,7 +1,8 @@
 """What export needs of a model, as two small protocols, and the loaders that turn checkpoints into them.
 
 * a **user tower**: ``forward(target_seq (B, T), source_seq (B, S)) -> (B, D)`` plus ``item_vectors()`` of the
-  target domain (N + 1, D), row 0 padding (CDSRec's serving module; SASRec through ``SASRecTower``);
+  target domain (N + 1, D), row 0 padding (CDSRec's serving module; SASRec through ``SASRecTower``; a
+  UniSRec-style text model, ``forward(target_seq)`` plus ``text_tower()``, through ``TextSeqTower``);
 * a **bridge**: ``forward(source_seq (B, S)) -> (B, D)`` in the target item space plus the ``item_vectors()``
   it is scored against (the inductive bridge of models/bridge.py).
 
@@ -54,6 +55,32 @@ class SASRecTower(nn.Module):
         return self.model.item_vectors()
 
 
+class TextSeqTower(nn.Module):
+    """A single-domain model whose items come from text (UniSRec): the user tower reads the target sequence and
+    ignores the source one; ``text_tower()`` (sentence vectors (B, E) -> item vectors (B, D)) goes to the text
+    item graph (export/text_items.py), so new items can be added by their text alone."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(target_seq)  # (B, T) -> (B, D); source_seq is unused
+        return out
+
+    def item_vectors(self) -> torch.Tensor:
+        out: torch.Tensor = self.model.item_vectors()  # type: ignore[operator]
+        return out
+
+    def text_tower(self) -> nn.Module:
+        tower: nn.Module = self.model.text_tower()  # type: ignore[operator]
+        return tower
+
+
+def is_text_model(model: nn.Module) -> bool:
+    return _n_args(model) == 1 and hasattr(model, "text_tower") and hasattr(model, "item_vectors")
+
+
 class MeanPoolBridge(nn.Module):
     """Mean source item embedding through a linear map into the target item space: (B, S) -> (B, D)."""
 
@@ -88,6 +115,7 @@ class Graph:
     model: str
     checkpoint_sha256: str | None = None
     data: str | None = None  # the data the checkpoint was trained on, as its meta names it
+    text_model: str | None = None  # a text model (TextSeqTower): the sentence model its text tower reads
 
     @property
     def name(self) -> str:
@@ -120,7 +148,7 @@ def _n_args(module: nn.Module) -> int:
 def _domains(meta: dict[str, Any], target: str | None, source: str | None, path: Path) -> tuple[str, str | None]:
     """The checkpoint's own domains; the CLI's --target-domain / --source-domain fill in what it does not name."""
     named = {
-        "target": meta.get("target") or meta.get("target_domain"),
+        "target": meta.get("target") or meta.get("target_domain") or meta.get("domain"),
         "source": meta.get("source") or meta.get("source_domain"),
     }
     for role, given in (("target", target), ("source", source)):
@@ -150,6 +178,8 @@ def tower_graph(
             )
         module: nn.Module = SASRecTower(model)
         n_src = None
+    elif is_text_model(model):
+        module, n_src = TextSeqTower(model), None
     elif _n_args(model) == 2 and hasattr(model, "item_vectors"):
         module = model
         cfg = getattr(model, "cfg", None)
@@ -160,6 +190,9 @@ def tower_graph(
     max_len = int(getattr(cfg, "max_len", 0) or meta.get("max_len") or 0)
     if max_len <= 0:
         raise ExportError(f"{where}: the model config does not give max_len")
+    text_model = None
+    if isinstance(module, TextSeqTower):
+        text_model = str(meta.get("text_model") or getattr(cfg, "text_model", "") or "") or None
     n_target = int(meta.get("n_target_items") or _first(cfg, "n_target_items", "n_target", "n_items"))
     return Graph(
         kind="user_encoder",
@@ -173,6 +206,7 @@ def tower_graph(
         model=str(meta.get("model") or type(model).__name__),
         checkpoint_sha256=_sha256(path) if path else None,
         data=meta.get("data"),
+        text_model=text_model,
     )
 
 

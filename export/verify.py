@@ -1,9 +1,9 @@
 """`cdrec export verify BUNDLE`: the service's load-time checks (core.manifest.verify_bundle) and more.
 
 On top of the core checks (files, hashes, id maps, ONNX inputs/outputs through onnxruntime, index dims,
-counts and type), export also has the ``onnx`` package: every graph passes ``onnx.checker`` and declares the
-opset the manifest records, every graph's recorded parity passed, and an approximate index carries the
-search parameter the manifest says was measured.
+counts and type, text item graphs and tokenizers), export also has the ``onnx`` package: every graph (text
+item graphs included) passes ``onnx.checker`` and declares the opset the manifest records, every graph's
+recorded parity passed, and an approximate index carries the search parameter the manifest says was measured.
 """
 
 from __future__ import annotations
@@ -18,21 +18,23 @@ from core.manifest import BundleError, Manifest, read_manifest, verify_bundle
 
 def _onnx_problems(bundle: Path, m: Manifest) -> list[str]:
     problems = []
-    for g in m.graphs:
-        if not g.parity.passed:
-            problems.append(f"{g.name}: its recorded parity did not pass")
-        path = bundle / g.file
+    checked = [(g.name, g.file, g.opset, g.parity.passed) for g in m.graphs]
+    checked += [(f"item_text.{d}", t.graph, t.opset, t.parity.passed) for d, t in m.text_items.items()]
+    for name, file, opset_want, passed in checked:
+        if not passed:
+            problems.append(f"{name}: its recorded parity did not pass")
+        path = bundle / file
         if not path.is_file():
             continue
         try:
             model = onnx.load(str(path))
             onnx.checker.check_model(model, full_check=True)
         except Exception as exc:  # onnx raises DecodeError, ValidationError, ... for a damaged file
-            problems.append(f"{g.file}: not a valid ONNX model ({str(exc).strip().splitlines()[0][:200]})")
+            problems.append(f"{file}: not a valid ONNX model ({str(exc).strip().splitlines()[0][:200]})")
             continue
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-        if opset != g.opset:
-            problems.append(f"{g.file}: the graph has opset {opset} but the manifest says {g.opset}")
+        if opset != opset_want:
+            problems.append(f"{file}: the graph has opset {opset} but the manifest says {opset_want}")
     for key, spec in m.indexes.items():
         path = bundle / spec.file
         if spec.type == "flat" or not path.is_file():

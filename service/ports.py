@@ -1,15 +1,16 @@
 """The Protocols between the Recommender and the outside systems, and the one error a store may raise.
 
-Each has one real adapter (service.redis_store, service.onnx_encoder, service.faiss_index) and an in-memory
-fake in tests/service/fakes.py. ``Encoder`` and ``ItemIndex`` are blocking native calls: the Recommender runs
-them off the event loop. ``SequenceStore`` is async and bounds its own latency (a slow store is an unavailable
-one: it raises ``StoreUnavailable`` rather than keep a request waiting).
+Each has one real adapter (service.redis_store, service.onnx_encoder, service.faiss_index,
+service.text_encoder) and an in-memory fake in tests/service (fakes.py). ``Encoder``, ``TextEncoder`` and
+``ItemIndex`` are blocking native calls: the Recommender and the item adder run them off the event loop.
+``SequenceStore`` is async and bounds its own latency (a slow store is an unavailable one: it raises
+``StoreUnavailable`` rather than keep a request waiting).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -65,4 +66,32 @@ class ItemIndex(Protocol):
 
     def vector(self, row: int) -> FloatArray:
         """The stored vector (D,) of one row (item-to-item similarity)."""
+        ...
+
+
+class TextEncoder(Protocol):
+    def __call__(self, texts: Sequence[str]) -> FloatArray:
+        """Item texts -> (B, D) float32 item vectors in the item space of one domain's index."""
+        ...
+
+
+@runtime_checkable
+class GrowableIndex(ItemIndex, Protocol):
+    def extended(self, vectors: FloatArray) -> GrowableIndex:
+        """A NEW index holding this one's rows and then ``vectors`` (B, D) as rows count .. count + B - 1; this
+        one is left untouched, so searches already running on it are safe (copy on write)."""
+        ...
+
+
+class ItemTextStore(Protocol):
+    async def add_texts(self, domain: str, texts: Mapping[str, str]) -> None:
+        """Persist item id -> text for items added through the API; return once the store acknowledged it."""
+        ...
+
+    async def read_texts(self, domain: str) -> dict[str, str]:
+        """Every item id -> text persisted for ``domain``."""
+        ...
+
+    async def count_texts(self, domain: str) -> int:
+        """How many items are persisted for ``domain`` (a cheap check for items another worker added)."""
         ...

@@ -120,10 +120,11 @@ class Recommender:
             seqs, cached = await self._read(user_id, needed, domain if encoder is not None else None)
         except StoreUnavailable as exc:
             return self._popular(b, cat, k, excluded, degraded=True, fallback=exc.reason)
-        seen = cat.known_rows(seqs.get(domain, ()))
+        history = seqs.get(domain, ())
         if exclude_seen:
-            excluded.update(seen)
-        if seen and encoder is not None:
+            excluded.update(cat.known_rows(history))
+        # items added by text after the bundle was made are not encoder input: a history of only those is none
+        if encoder is not None and cat.encodable_rows(history):
             vector = _fresh_vector(cached, b.version, encoder, seqs)
             if vector is not None:
                 return await self._cached(b, encoder, vector, k, excluded)
@@ -339,12 +340,12 @@ def _similar(index: ItemIndex, row: int, k: int) -> Ranked:
 def _best_bridge(
     bridges: Sequence[Graph], seqs: Mapping[str, Sequence[str]], cats: Mapping[str, Catalogue]
 ) -> Graph | None:
-    """The bridge whose source history is longest (known items only); None when no source history at all."""
+    """The bridge whose source history is longest (items it can encode only); None when there is none."""
     best, best_len = None, 0
     for g in bridges:
         if g.source_domain is None:
             continue
-        n = len(cats[g.source_domain].known_rows(seqs.get(g.source_domain, ())))
+        n = len(cats[g.source_domain].encodable_rows(seqs.get(g.source_domain, ())))
         if n > best_len:
             best, best_len = g, n
     return best

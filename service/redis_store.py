@@ -4,7 +4,9 @@
   ``read_cached`` adds the GET of the refresh job's cached vector (raw bytes, never decoded) to that pipeline;
 * append: one pipeline holding, per user, ``MULTI; RPUSH; LTRIM; ...; EXEC`` over that user's lists (one hash
   slot), so each user's append is atomic and a whole batch is still one round trip; the call returns only
-  after Redis acknowledged every EXEC.
+  after Redis acknowledged every EXEC;
+* item texts (``POST /v1/items``): one HSET of ``cdrec:items:<domain>`` per added batch, one HGETALL per
+  domain when a bundle is loaded, one HLEN per domain and watch tick (``ItemTextStore``).
 
 Anything that goes wrong on the way (refused connection, timeout, a reset) surfaces as ``StoreUnavailable``:
 the Recommender answers degraded instead of failing. A stale pooled connection (Redis restarted) is retried
@@ -24,7 +26,7 @@ from redis.client import NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from core.redis_keys import emb_key, seq_key
+from core.redis_keys import emb_key, item_texts_key, seq_key
 from core.settings import RedisSettings
 from service.ports import StoreUnavailable
 
@@ -95,6 +97,24 @@ class RedisSequenceStore:
         execs = [r for r in replies if isinstance(r, list)]
         if failed or len(execs) != len(events) or any(isinstance(x, Exception) for e in execs for x in e):
             raise StoreUnavailable("redis_write_failed", repr(failed[:1] or execs[:1]))
+
+    async def add_texts(self, domain: str, texts: Mapping[str, str]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        mapping: dict[str | bytes, str | bytes] = {k: v for k, v in texts.items()}  # typed as redis wants
+        pipe.hset(item_texts_key(domain), mapping=mapping)  # type: ignore[arg-type]
+        await self._run(pipe, self.write_timeout_s)
+
+    async def read_texts(self, domain: str) -> dict[str, str]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(item_texts_key(domain))
+        (texts,) = await self._run(pipe, self.write_timeout_s)  # a load-time read: the write budget applies
+        return dict(texts)
+
+    async def count_texts(self, domain: str) -> int:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hlen(item_texts_key(domain))
+        (n,) = await self._run(pipe, self.timeout_s)
+        return int(n)
 
     async def ping(self) -> None:
         try:

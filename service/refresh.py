@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.bundle import load_bundle
 
     try:
-        bundle = load_bundle(current_bundle(ns.artifacts), ort_threads=ns.ort_threads)
+        bundle = load_bundle(current_bundle(ns.artifacts), ort_threads=ns.ort_threads, text_items=False)
     except (BundleError, FileNotFoundError) as exc:
         print(f"cdrec refresh: {exc}", file=sys.stderr)
         return 1

@@ -3,8 +3,10 @@
 A reload resolves ``current`` (export switches it atomically, so it names either the old or the new version),
 loads and verifies that bundle in a worker thread (hashing, ONNX sessions, index reads and a warm-up are
 seconds of blocking work) and only then swaps it into the Recommender: requests never wait and never see half
-a bundle. A bundle that fails is reported (``last_error``, /readyz, the reload metric, the log) and the old
-one keeps serving; the watch does not retry the same failed target until ``current`` moves again.
+a bundle. Items added through ``POST /v1/items`` are replayed into the new bundle before the swap, under the
+item lock, so none is lost in between (service.items). A bundle that fails is reported (``last_error``,
+/readyz, the reload metric, the log) and the old one keeps serving; the watch does not retry the same failed
+target until ``current`` moves again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import NoReturn
 
 from core.manifest import BundleError, current_bundle
 from service.bundle import ServingBundle
+from service.items import ItemAdder
 from service.metrics import Metrics
+from service.ports import StoreUnavailable
 from service.recommender import Recommender
 
 log = logging.getLogger("cdrec.service")
@@ -43,8 +47,10 @@ class BundleManager:
         recommender: Recommender,
         loader: Callable[[Path], ServingBundle],
         metrics: Metrics,
+        items: ItemAdder | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
+        self.items = items
         self.recommender = recommender
         self.loader = loader
         self.metrics = metrics
@@ -71,7 +77,15 @@ class BundleManager:
                 self._refused(target, str(exc))
             except Exception as exc:  # a bundle that breaks the loader in a way verify did not foresee
                 self._refused(target, f"{target}: {type(exc).__name__}: {exc}")
-            self.recommender.swap(bundle)
+            if self.items is None:
+                self.recommender.swap(bundle)
+            else:
+                async with self.items.lock:  # no add between the replay and the swap
+                    try:
+                        bundle = await self.items.replay(bundle)
+                    except Exception as exc:  # the text encoder failing on a stored text
+                        self._refused(target, f"{target}: replaying the added items failed: {exc!r}")
+                    self.recommender.swap(bundle)
             self.serving_path, self.last_error, self._failed_target = target, None, None
             self.metrics.reloads.labels("ok").inc()
             self.metrics.serving(bundle.version, previous)
@@ -86,14 +100,26 @@ class BundleManager:
         raise ReloadRefused(message)
 
     async def watch(self, every_s: float) -> None:
-        """Poll ``current``; reload when it points somewhere new. Runs until cancelled."""
+        """Poll ``current``; reload when it points somewhere new; pick up items other workers added. Runs until
+        cancelled."""
         while True:
             await asyncio.sleep(every_s)
             try:
                 target = self.target()
             except OSError:
                 continue  # `current` missing for a moment: keep serving what we have
-            if target in (self.serving_path, self._failed_target):
-                continue
-            with contextlib.suppress(ReloadRefused):  # reported by reload()
-                await self.reload()
+            if target not in (self.serving_path, self._failed_target):
+                with contextlib.suppress(ReloadRefused):  # reported by reload()
+                    await self.reload()
+            if self.items is not None:
+                await self._sync_items()
+
+    async def _sync_items(self) -> None:
+        """Items another worker added through POST /v1/items (service.items.ItemAdder.sync)."""
+        assert self.items is not None
+        try:
+            await self.items.sync()
+        except StoreUnavailable:
+            pass  # Redis is down: the requests report that; the items come with the next tick
+        except Exception:  # a text that fails to encode must not end the watch
+            log.exception("syncing the items other workers added failed")

@@ -2,7 +2,7 @@
 
 Collaborators come in through ``Annotated[..., Depends()]``; every dependency is ``async def`` so none of them
 hops to the thread pool. Read routes check an API key only when one is presented or settings require it;
-``/v1/events`` and ``/v1/admin/*`` always require one (service.auth).
+``/v1/events``, ``/v1/items`` and ``/v1/admin/*`` always require one (service.auth).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from starlette.responses import Response
 from service.auth import ApiKeys
 from service.errors import Conflict, Unavailable
 from service.http import ORJSONResponse, json_body, parse_body
+from service.items import ItemAdder, NewItem
 from service.metrics import Metrics
 from service.ports import StoreUnavailable
 from service.recommender import Event, Recommendation, Recommender
@@ -29,6 +30,8 @@ from service.schemas import (
     ErrorResponse,
     EventIn,
     EventsResponse,
+    ItemsRequest,
+    ItemsResponse,
     ReadyResponse,
     RecommendRequest,
     RecommendResponse,
@@ -45,6 +48,7 @@ class Services:
     manager: BundleManager
     keys: ApiKeys
     metrics: Metrics
+    items: ItemAdder
 
 
 async def services(request: Request) -> Services:
@@ -164,6 +168,34 @@ async def events(request: Request, svc: Svc) -> Response:
         svc.metrics.redis_up.set(0)
         raise Unavailable(f"events not stored: Redis is unavailable ({exc.reason})", "redis_unavailable") from exc
     return ORJSONResponse({"accepted": n})
+
+
+@writes.post(
+    "/v1/items",
+    response_model=ItemsResponse,
+    openapi_extra={"requestBody": json_body(ItemsRequest)},
+    responses={200: {"model": ItemsResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def add_items(request: Request, svc: Svc) -> Response:
+    """New items by their text, retrievable once this answers (service.items: 409 for an id that exists, or for
+    a domain without a text item encoder in the serving bundle)."""
+    body = await parse_body(request, ItemsRequest)
+    try:
+        done = await svc.items.add(body.domain, [NewItem(i.item_id, i.text) for i in body.items])
+    except StoreUnavailable as exc:
+        svc.metrics.redis_up.set(0)
+        raise Unavailable(f"items not added: Redis is unavailable ({exc.reason})", "redis_unavailable") from exc
+    if done.added:
+        svc.metrics.items_added.labels(done.domain).inc(len(done.added))
+    return ORJSONResponse(
+        {
+            "domain": done.domain,
+            "added": done.added,
+            "existing": done.existing,
+            "n_items": done.n_items,
+            "model_version": done.model_version,
+        }
+    )
 
 
 @writes.post("/v1/admin/reload", response_model=ReloadResponse)

@@ -31,6 +31,29 @@ class EventIn(_Body):
     ts: float | None = Field(None, ge=0, description="unix seconds (accepted; lists keep arrival order)")
 
 
+MAX_ITEM_ID_CHARS = 128
+MAX_TEXT_CHARS = 4000  # titles and attributes; the text encoder truncates to its max_tokens anyway
+MAX_ITEMS_PER_REQUEST = 256
+
+
+class ItemIn(_Body):
+    item_id: str = Field(min_length=1, max_length=MAX_ITEM_ID_CHARS, description="a new external item id")
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="title and attributes")
+
+
+class ItemsRequest(_Body):
+    domain: str = Field(min_length=1)
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+
+
+class ItemsResponse(BaseModel):
+    domain: str
+    added: list[str] = Field(description="ids added by this request, now retrievable")
+    existing: list[str] = Field(description="ids already added earlier with the same text (a retry): unchanged")
+    n_items: int = Field(description="items in the domain's catalogue now")
+    model_version: str
+
+
 class ScoredItem(BaseModel):
     item_id: str
     score: float
