@@ -10,6 +10,8 @@ Examples:
     cdrec train guru --data ../shared/data/amazon_art_office_urllm --target-domain office
     cdrec train cdsrec --data ../shared/data/amazon_art_office_urllm --target-domain office \
         --guru-checkpoint runs/gur.office.pt        (or --pretrain-epochs N: train GURU first)
+    cdrec train unisrec --data ../shared/data/amazon_art_office_urllm --target-domain office \
+        --variant inductive --pretrain-domain art
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_args(p, SASRecArgs)
     _add_cross_domain_parsers(sub)
     _add_bridge_parser(sub)
+    from training.train_unisrec import add_unisrec_parser
+
+    add_unisrec_parser(sub)
     return parser
 
 
@@ -181,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         test = evaluate_ranking(scorer, split.test)
         print(json.dumps({"model": name, "checkpoint": str(out), "best_epoch": result.best_epoch,
                           "epoch_s": round(result.epoch_s, 2), "valid": result.valid, "test": test}, indent=2))
+    elif ns.model == "unisrec":
+        from training.train_unisrec import cli_report
+
+        try:
+            print(json.dumps(cli_report(ns, split), indent=2))
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"cdrec train: {exc}", file=sys.stderr)
+            return 2
     elif ns.model in ("guru", "cdsrec"):
         try:
             report = _train_cross_domain(ns, split)
