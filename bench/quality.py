@@ -122,6 +122,23 @@ def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[st
     return sorted(records, key=lambda r: (r["task"], rank.get(r["model"], len(rank))))
 
 
+COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"))
+
+
+def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[str]:
+    """One line per task and pair in ``COMPARED`` present in ``records``: by how much the first beats the second."""
+    means = {(r["task"], r["model"]): r["mean"] for r in records if r["metric"] == metric}
+    out = []
+    for task in sorted({t for t, _ in means}):
+        for ours, base in COMPARED:
+            if (task, ours) in means and (task, base) in means and means[(task, base)] > 0:
+                a, b = means[(task, ours)], means[(task, base)]
+                word = "beats" if a > b else "does NOT beat"
+                out.append(f"- {task}: {ours} {word} {base} on mean {metric}, {a:.4f} vs {b:.4f} "
+                           f"({(a / b - 1) * 100:+.1f}%)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
@@ -166,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = [*previous_commands(), run_line]
         how = "Commands (the rows of a later run replace an earlier run's):\n" + "\n".join(f"- {x}" for x in lines)
     md = table(records, [*METRICS, "epoch_s"])
+    lines = comparisons(records)
+    md += "\n\n" + "\n".join(lines) if lines else ""
     print(md)
     update_json(BENCH, records)
     plot(records, DOCS / "quality.png")
