@@ -3,9 +3,8 @@
 ``merged=True`` trains the same model on the user's merged two-domain sequence (target ids 1..Nt, source ids
 shifted after them): the strong simple cross-domain baseline (`sasrec-merged`). Its input is the merged
 sequence, its output the target domain only: a position is trained when its next item is a target item, the
-softmax runs over target items. (Predicting every next item of either domain, then keeping the target items'
-scores, ranked far worse on Art-Office: test NDCG@10 0.0071-0.0147 for target=art, where target-only SASRec
-gets 0.036: after a source item the vector points at source items.)
+softmax runs over target items. On Art-Office neither form helps: cross-domain item transitions do not
+generalise there, validation NDCG@10 falls from the first epoch (docs/results.md, bench quality).
 Reads top to bottom: data -> batches -> model -> loop with early stopping on validation NDCG@10.
 """
 
