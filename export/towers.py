@@ -43,24 +43,7 @@ class ExportError(RuntimeError):
 class SASRecTower(nn.Module):
     """SASRec as a user tower: reads the target sequence, ignores the source one (single-domain baseline)."""
 
-    def __init__(self, model: SASRec) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(target_seq)  # (B, T) -> (B, D); source_seq is unused
-        return out
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.model.item_vectors()
-
-
-class TextSeqTower(nn.Module):
-    """A single-domain model whose items come from text (UniSRec): the user tower reads the target sequence and
-    ignores the source one; ``text_tower()`` (sentence vectors (B, E) -> item vectors (B, D)) goes to the text
-    item graph (export/text_items.py), so new items can be added by their text alone."""
-
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: SASRec | nn.Module) -> None:
         super().__init__()
         self.model = model
 
@@ -71,6 +54,12 @@ class TextSeqTower(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         out: torch.Tensor = self.model.item_vectors()  # type: ignore[operator]
         return out
+
+
+class TextSeqTower(SASRecTower):
+    """A single-domain model whose items come from text (UniSRec): the user tower reads the target sequence and
+    ignores the source one, as SASRec's does; ``text_tower()`` (sentence vectors (B, E) -> item vectors (B, D))
+    goes to the text item graph (export/text_items.py), so new items can be added by their text alone."""
 
     def text_tower(self) -> nn.Module:
         tower: nn.Module = self.model.text_tower()  # type: ignore[operator]
