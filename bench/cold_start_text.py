@@ -23,27 +23,11 @@ import torch
 from core.sequence import encode_batch
 from training.baselines import Popularity
 from training.data.loaders import load_art_office
-from training.data.splits import ColdStartSplit, Examples, _examples, cold_start_split
+from training.data.splits import Examples, cold_start_split
 from training.data.text import item_text_vectors
 from training.evaluation import evaluate_ranking
 
 Scorer = Callable[[Examples], torch.Tensor]
-
-
-def first_entry_examples(split: ColdStartSplit, users: np.ndarray) -> Examples:
-    """Each cold user's first target item after their first source item, from the source items before it."""
-    seqs = {d: split.data.sequences(d) for d in (split.source, split.target)}
-    rows = []
-    for u in users.tolist():
-        items, orders = seqs[split.target][u]
-        after = orders > seqs[split.source][u][1].min()
-        if after.any():
-            j = int(np.argmax(after))
-            rows.append((u, int(items[j]), int(orders[j])))
-    ex = _examples(rows, seqs, split.target, split.source)
-    ex.target_hist = [np.zeros(0, np.int64) for _ in ex.target_hist]  # hidden: cold in the target domain
-    ex.target_order = [np.zeros(0, np.int64) for _ in ex.target_hist]
-    return ex
 
 
 def text_scorer(src: torch.Tensor, dst: torch.Tensor, log_pop: torch.Tensor, w: float, decay: float) -> Scorer:
@@ -73,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         log_pop = torch.log1p(torch.as_tensor(np.bincount(office, minlength=dst.shape[0]), dtype=torch.float32))
         pop = Popularity(split.train, "office", data.n_items("office"))
         makers: dict[str, Callable[[np.ndarray], Examples]] = {
-            "last": split.ranking_examples, "first": partial(first_entry_examples, split)}
+            "last": split.ranking_examples, "first": partial(split.ranking_examples, target="first")}
         for name, make in makers.items():
             valid, test = make(split.valid_users), make(split.test_users)
             grid = [(w, d) for w in (0.0, 2.0, 5.0, 10.0, 20.0, 40.0) for d in (1.0, 0.8)]

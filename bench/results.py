@@ -30,6 +30,7 @@ def record(
         "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
         "seeds": len(vals),
         "split": split,
+        "values": vals,  # per seed, in seed order: paired comparisons between models of one run
     }
 
 

@@ -1,12 +1,16 @@
-"""Popularity: every user gets the target domain's most interacted items in the training data."""
+"""Popularity: every user gets the target domain's most interacted items in the training data. CrossCooccurrence:
+cross-domain item-to-item counts on top of it (a non-neural check of the cold-start signal)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from training.data.splits import Examples
+from training.evaluation import evaluate_ranking
 
 
 class Popularity:
@@ -20,3 +24,48 @@ class Popularity:
 
     def top(self, k: int) -> np.ndarray:
         return np.argsort(-self.counts[1:], kind="stable")[:k] + 1
+
+
+class CrossCooccurrence:
+    """Cross-domain item-to-item counts, a non-neural check of how much the source history says about the
+    target item: C[a, o] = training users with source item a and target item o. A history h scores target
+    item o by log(1 + pop_o) + w * log(1 + sum_{a in h} C[a, o] / (1 + pop_o)^alpha); w = 0 is popularity.
+    ``select`` picks (w, alpha) on examples (the valid cold users)."""
+
+    def __init__(self, train: pd.DataFrame, source: str, target: str, n_source: int, n_target: int) -> None:
+        src = train.loc[train["domain"] == source, ["user", "item"]].drop_duplicates()
+        dst = train.loc[train["domain"] == target, ["user", "item"]].drop_duplicates()
+        pairs = src.merge(dst, on="user", suffixes=("_s", "_t"))
+        keys, counts = np.unique(pairs["item_s"].to_numpy() * (n_target + 1) + pairs["item_t"].to_numpy(),
+                                 return_counts=True)
+        index = torch.as_tensor(np.stack([keys % (n_target + 1), keys // (n_target + 1)]))
+        self.cooc_t = torch.sparse_coo_tensor(index, torch.as_tensor(counts, dtype=torch.float32),
+                                              (n_target + 1, n_source + 1), check_invariants=True).coalesce()
+        pop = np.bincount(dst["item"].to_numpy(), minlength=n_target + 1).astype(np.float32)
+        pop[0] = 0.0
+        self.pop = torch.as_tensor(pop)
+        self.w, self.alpha = 1.0, 0.0
+
+    def counts(self, examples: Examples) -> torch.Tensor:
+        """(B, N + 1) sum over each history's distinct source items of their co-occurrence rows."""
+        hist = torch.zeros(self.cooc_t.shape[1], len(examples))  # (n_source + 1, B) distinct-item indicators
+        for col, h in enumerate(examples.source_hist):
+            hist[torch.as_tensor(h[h > 0], dtype=torch.int64), col] = 1.0
+        return torch.sparse.mm(self.cooc_t, hist).T
+
+    def score(self, examples: Examples) -> torch.Tensor:
+        return self.score_with(self.w, self.alpha)(examples)
+
+    def select(self, examples: Examples, metric: str = "NDCG@10", ws: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
+               alphas: Sequence[float] = (0.0, 0.5)) -> float:
+        """Set (w, alpha) to the pair with the best ``metric`` on ``examples`` (ties: the smaller w, closer to
+        popularity); returns that value."""
+        best = max((evaluate_ranking(self.score_with(w, a), examples)[metric], -w, a) for w in ws for a in alphas)
+        self.w, self.alpha = -best[1], best[2]
+        return best[0]
+
+    def score_with(self, w: float, alpha: float) -> Callable[[Examples], torch.Tensor]:
+        def score(examples: Examples) -> torch.Tensor:
+            return torch.log1p(self.pop)[None] + w * torch.log1p(self.counts(examples) / (1.0 + self.pop) ** alpha)
+
+        return score

@@ -55,6 +55,9 @@ class InductiveArgs:
     warm_start: bool = False  # start W_0 at the shared bridge's (else at 0: the item-bias ranking)
     pop_bias: bool = True  # item bias = log(1 + training count) instead of the target MF's
     tune_tables: bool = False  # fine-tune the pretrained item tables with the task loss (after the warm start)
+    # the cold users' item that selection (and run()'s report) ranks: "first" = their first target item after
+    # their first source item (entering the target domain), "last" = their last target item
+    cold_item: str = "first"
     seed: int = 0
 
 
@@ -71,10 +74,11 @@ class RankingView:
     valid: Examples
 
 
-def ranking_view(split: ColdStartSplit) -> RankingView:
+def ranking_view(split: ColdStartSplit, target: str = "first") -> RankingView:
+    """``target``: which item of each valid cold user is ranked (ColdStartSplit.ranking_examples)."""
     data = split.data
     return RankingView(split.source, split.target, data.n_users, data.n_items(split.source),
-                       data.n_items(split.target), split.train, split.ranking_examples(split.valid_users))
+                       data.n_items(split.target), split.train, split.ranking_examples(split.valid_users, target))
 
 
 def training_pairs(view: RankingView, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,7 +251,7 @@ def train_inductive(
 def run(split: ColdStartSplit, args: InductiveArgs, out: Path | None = None) -> dict[str, object]:
     """`cdrec train bridge inductive`: pretrain, fit both bridges with selection on the valid cold users, save
     them (``bridge.<src>__<dst>.pt`` is the serving bridge), then report popularity and both bridges."""
-    view = ranking_view(split)
+    view = ranking_view(split, args.cold_item)
     src, tgt = pretrain(view, args)
     shared, st_shared = train_shared(view, src, tgt, args)
     guru = train_gur(view, args) if args.encoder == "guru" else None
@@ -264,7 +268,7 @@ def run(split: ColdStartSplit, args: InductiveArgs, out: Path | None = None) -> 
                     "beta": split.beta, "seed": args.seed, "best_epoch": stopped.best_epoch, "valid": valid[name]}
             file = "bridge" if name == "bridge-inductive" else name
             saved[name] = str(checkpoint.save(out / f"{file}.{pair}.pt", model, meta))
-    test_examples = split.ranking_examples(split.test_users)  # after every model is fixed
+    test_examples = split.ranking_examples(split.test_users, args.cold_item)  # after every model is fixed
     test = {name: evaluate_ranking(scorer(m), test_examples) for name, (m, _) in models.items()}
     test["popularity"] = evaluate_ranking(pop.score, test_examples)
     return {"checkpoints": saved, "valid": valid, "test": test}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from training.baselines import Popularity
+from training.baselines import CrossCooccurrence, Popularity
 from training.data.interactions import Interactions, from_frame
 from training.data.splits import ColdStartSplit, cold_start_split
 from training.data.synthetic import synthetic_interactions
@@ -76,6 +76,24 @@ def test_personalized_bridge_beats_shared_bridge_and_popularity_for_cold_users()
         "personal": evaluate_ranking(scorer(personal), test)["NDCG@10"],
     }
     assert ndcg["personal"] > ndcg["shared"] and ndcg["personal"] > 1.5 * ndcg["popularity"], ndcg
+
+
+def test_cross_cooccurrence_reads_planted_tastes_and_its_zero_weight_is_popularity() -> None:
+    data = synthetic_interactions(seed=1, n_users=600)
+    split = cold_start_split(data, "book", "music", beta=0.3, seed=0)
+    view = ranking_view(split)
+    cooc = CrossCooccurrence(split.train, "book", "music", data.n_items("book"), data.n_items("music"))
+    assert cooc.select(view.valid) > evaluate_ranking(cooc.score_with(0.0, 0.0), view.valid)["NDCG@10"]
+    assert cooc.w > 0
+    test = split.ranking_examples(split.test_users, target="first")
+    pop = Popularity(split.train, "music", data.n_items("music"))
+    assert evaluate_ranking(cooc.score, test)["NDCG@10"] > 1.2 * evaluate_ranking(pop.score, test)["NDCG@10"]
+    # w = 0 ranks as popularity does (log1p keeps the order); an empty history gets popularity whatever w is
+    sub = test.subset(np.arange(20))
+    assert torch.equal(cooc.score_with(0.0, 0.0)(sub).argsort(dim=1, stable=True),
+                       pop.score(sub).log1p().argsort(dim=1, stable=True))
+    sub.source_hist = [np.zeros(0, np.int64) for _ in sub.source_hist]
+    assert torch.equal(cooc.score_with(8.0, 0.5)(sub), pop.score(sub).log1p())
 
 
 def _without_test_users(split: ColdStartSplit) -> ColdStartSplit:

@@ -64,3 +64,39 @@ def test_cold_start_split_hides_whole_target_history_and_separates_valid_from_te
 def test_cold_start_split_rejects_bad_beta() -> None:
     with pytest.raises(ValueError, match="beta"):
         cold_start_split(_data(), "b", "a", beta=1.5)
+
+
+def _cold_patterns():
+    """12 users in both domains (a = target, b = source): ten enter a after b, two buy all of a before any b."""
+    rows = []
+    for u in range(12):
+        seq = ["a0", "a1", "b0"] if u >= 10 else ["a9", "b1", f"b{u + 2}", f"a{u + 1}", "b1", "a0"]
+        rows += [(f"u{u}", it, it[0], pos) for pos, it in enumerate(seq)]
+    return from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "domain", "order"]))
+
+
+def test_cold_start_first_item_is_the_entry_into_the_target_domain() -> None:
+    data = _cold_patterns()
+    split = cold_start_split(data, "b", "a", beta=0.99, seed=0)
+    cold = np.sort(np.concatenate([split.valid_users, split.test_users]))
+    assert len(cold) == 12
+    name = {d: data.item_ids[d] for d in ("a", "b")}
+    user = {u: data.user_ids[u] for u in cold.tolist()}
+
+    first = split.ranking_examples(cold, target="first")
+    assert sorted(user[u] for u in first.users.tolist()) == sorted(f"u{u}" for u in range(10))  # u10, u11 left out
+    for u, t, s in zip(first.users.tolist(), first.targets.tolist(), first.source_hist, strict=True):
+        k = int(user[u][1:])
+        assert name["a"][t] == f"a{k + 1}"  # not a9, bought before any source item
+        assert [name["b"][i] for i in s] == ["b1", f"b{k + 2}"]
+
+    last = split.ranking_examples(cold, target="last")
+    assert len(last) == 12
+    for u, t, s in zip(last.users.tolist(), last.targets.tolist(), last.source_hist, strict=True):
+        k = int(user[u][1:])
+        assert name["a"][t] == ("a1" if k >= 10 else "a0")
+        assert [name["b"][i] for i in s] == ([] if k >= 10 else ["b1", f"b{k + 2}", "b1"])
+        assert all(len(h) == 0 for h in last.target_hist)
+
+    with pytest.raises(ValueError, match="'last' or 'first'"):
+        split.ranking_examples(cold, target="middle")

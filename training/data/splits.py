@@ -141,13 +141,23 @@ class ColdStartSplit:
     def hidden_rows(self, users: np.ndarray) -> pd.DataFrame:
         return self.hidden[self.hidden["user"].isin(set(users.tolist()))]
 
-    def ranking_examples(self, users: np.ndarray) -> Examples:
-        """For each cold user: predict their last target item from the source items strictly before it."""
+    def ranking_examples(self, users: np.ndarray, target: str = "last") -> Examples:
+        """For each cold user, one target item to rank from the source items strictly before it: ``"last"``
+        their last target item; ``"first"`` their first target item after their first source item (their
+        entry into the target domain; users whose target items all come before any source item are left out)."""
+        if target not in ("last", "first"):
+            raise ValueError(f"target must be 'last' or 'first', got {target!r}")
         seqs = {d: self.data.sequences(d) for d in (self.source, self.target)}
         rows = []
         for u in users.tolist():
             items, orders = seqs[self.target][u]
-            rows.append((u, int(items[-1]), int(orders[-1])))
+            if target == "last":
+                rows.append((u, int(items[-1]), int(orders[-1])))
+                continue
+            after = orders > seqs[self.source][u][1].min()
+            if after.any():
+                j = int(np.argmax(after))
+                rows.append((u, int(items[j]), int(orders[j])))
         ex = _examples(rows, seqs, self.target, self.source)
         ex.target_hist = [np.zeros(0, dtype=np.int64) for _ in ex.target_hist]  # hidden: cold in target
         ex.target_order = [np.zeros(0, dtype=np.int64) for _ in ex.target_hist]
