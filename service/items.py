@@ -19,8 +19,9 @@ batch of items:
 Adds run one at a time, and never while a reload is swapping a bundle in (one lock, ``lock``). With several
 worker processes, the one that answered holds the items at once, the others within a watch tick (``sync``:
 the bundle watch compares the Redis hash's length with what the worker holds, every ``watch_s``; an add does
-the same first). Not covered: two workers adding the SAME new id at the same instant with different texts
-(both succeed; Redis keeps the last text, each worker the vector of its own until it reloads). Every bundle the
+the same first). Two workers adding the SAME new id at the same instant cannot both win: the write to Redis
+checks and sets the whole batch atomically, and the worker that comes second with another text answers 409
+``item_exists`` having added nothing (with the same text, both hold the same item). Every bundle the
 service loads (start, reload) gets the persisted items replayed into it (``replay``: re-encoded from their
 text, skipping ids that bundle already has), so added items outlive a restart and a hot reload; an export that
 includes them in the bundle itself (trained, or appended by text) makes that replay a no-op.
@@ -145,7 +146,11 @@ class ItemAdder:
                     raise Conflict(f"item {item.item_id!r} already exists in domain {domain!r} ({why})", "item_exists")
             if fresh:
                 vectors = await self._call(partial(text.encoder, [i.text for i in fresh]))
-                await self.store.add_texts(domain, {i.item_id: i.text for i in fresh})
+                taken = await self.store.add_texts(domain, {i.item_id: i.text for i in fresh})
+                if taken:  # another worker persisted one of these ids, with another text, since _synced looked
+                    first = min(taken)
+                    raise Conflict(f"item {first!r} already exists in domain {domain!r} (another worker just added "
+                                   f"it with another text; nothing of this request was added)", "item_exists")
                 b = await self._call(partial(with_items, b, text, [i.item_id for i in fresh], vectors))
                 self._swap(b)
                 self._texts.setdefault(domain, {}).update((i.item_id, i.text) for i in fresh)

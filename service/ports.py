@@ -84,8 +84,10 @@ class GrowableIndex(ItemIndex, Protocol):
 
 
 class ItemTextStore(Protocol):
-    async def add_texts(self, domain: str, texts: Mapping[str, str]) -> None:
-        """Persist item id -> text for items added through the API; return once the store acknowledged it."""
+    async def add_texts(self, domain: str, texts: Mapping[str, str]) -> Mapping[str, str]:
+        """Persist item id -> text for items added through the API, all or nothing; return once the store
+        acknowledged it. When an id already holds ANOTHER text (another worker added it since this one looked),
+        persist nothing and return those ids with their stored texts; else return an empty mapping."""
         ...
 
     async def read_texts(self, domain: str) -> dict[str, str]:

@@ -5,7 +5,8 @@
 * append: one pipeline holding, per user, ``MULTI; RPUSH; LTRIM; ...; EXEC`` over that user's lists (one hash
   slot), so each user's append is atomic and a whole batch is still one round trip; the call returns only
   after Redis acknowledged every EXEC;
-* item texts (``POST /v1/items``): one HSET of ``cdrec:items:<domain>`` per added batch, one HGETALL per
+* item texts (``POST /v1/items``): one EVAL per added batch (``ADD_TEXTS``: checks and HSETs the batch into
+  ``cdrec:items:<domain>`` atomically, so two workers racing for one new id cannot both win), one HGETALL per
   domain when a bundle is loaded, one HLEN per domain and watch tick (``ItemTextStore``).
 
 Anything that goes wrong on the way (refused connection, timeout, a reset) surfaces as ``StoreUnavailable``:
@@ -29,6 +30,25 @@ from redis.exceptions import RedisError
 from core.redis_keys import emb_key, item_texts_key, seq_key
 from core.settings import RedisSettings
 from service.ports import StoreUnavailable
+
+# KEYS[1] = the domain's item text hash; ARGV = id1, text1, id2, text2, ...: when an id already holds ANOTHER text,
+# write nothing and answer those ids with their texts; else write every pair (an id with the same text is a no-op)
+ADD_TEXTS = """
+local taken = {}
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and cur ~= ARGV[i + 1] then
+    taken[#taken + 1] = ARGV[i]
+    taken[#taken + 1] = cur
+  end
+end
+if #taken == 0 then
+  for i = 1, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return taken
+"""
 
 
 def client_for(url: str, settings: RedisSettings) -> aredis.Redis:
@@ -98,11 +118,11 @@ class RedisSequenceStore:
         if failed or len(execs) != len(events) or any(isinstance(x, Exception) for e in execs for x in e):
             raise StoreUnavailable("redis_write_failed", repr(failed[:1] or execs[:1]))
 
-    async def add_texts(self, domain: str, texts: Mapping[str, str]) -> None:
+    async def add_texts(self, domain: str, texts: Mapping[str, str]) -> dict[str, str]:
         pipe = self._client.pipeline(transaction=False)
-        mapping: dict[str | bytes, str | bytes] = {k: v for k, v in texts.items()}  # typed as redis wants
-        pipe.hset(item_texts_key(domain), mapping=mapping)  # type: ignore[arg-type]
-        await self._run(pipe, self.write_timeout_s)
+        pipe.eval(ADD_TEXTS, 1, item_texts_key(domain), *(x for pair in texts.items() for x in pair))
+        (taken,) = await self._run(pipe, self.write_timeout_s)
+        return dict(zip(taken[::2], taken[1::2], strict=True))
 
     async def read_texts(self, domain: str) -> dict[str, str]:
         pipe = self._client.pipeline(transaction=False)

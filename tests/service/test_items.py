@@ -8,6 +8,7 @@ process); this test process does, to export the bundle.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -15,14 +16,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from core.redis_keys import item_texts_key
+from core.settings import RedisSettings
 from service.app import create_app
+from service.redis_store import RedisSequenceStore
 from tests.export.text_standin import DOMAIN
 from tests.service.conftest import API_KEY, RedisServer, auth, copy_artifacts, make_settings
 from tests.service.test_reload import point_current
@@ -213,6 +216,46 @@ def test_an_id_another_worker_added_is_known_here_before_an_add(root: Path, redi
         assert add(b, NEW_WATERCOLOR)["existing"] == ["w-new"]
 
 
+def test_the_item_text_write_is_all_or_nothing_against_another_text(redis_server: RedisServer) -> None:
+    """The real store: a batch whose id already holds another text writes nothing and names that id."""
+    redis_server.client().delete(item_texts_key(DOMAIN))
+
+    async def scenario() -> list[dict[str, str]]:
+        store = RedisSequenceStore.from_url(redis_server.url, RedisSettings())
+        try:
+            return [await store.add_texts(DOMAIN, {"x": "first text"}),
+                    await store.add_texts(DOMAIN, {"x": "first text"}),  # the same text again: a no-op
+                    await store.add_texts(DOMAIN, {"y": "y text", "x": "second text", "z": "z text"})]
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(scenario()) == [{}, {}, {"x": "first text"}]
+    assert redis_server.client().hgetall(item_texts_key(DOMAIN)) == {"x": "first text"}  # y and z not written
+
+
+def test_two_workers_racing_for_one_new_id_cannot_both_win(
+    root: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's add lands between this worker's look at Redis and its write: this one answers 409, adds
+    nothing (not even the other items of its request), and Redis keeps the other worker's text."""
+    real = RedisSequenceStore.add_texts
+
+    async def raced(self: RedisSequenceStore, domain: str, texts: Mapping[str, str]) -> Mapping[str, str]:
+        redis_server.client().hset(item_texts_key(domain), "w-new", "the other worker's text")
+        return await real(self, domain, texts)
+
+    with TestClient(create_app(make_settings(root, redis_server.url))) as a:
+        monkeypatch.setattr(RedisSequenceStore, "add_texts", raced)
+        body = add(a, {"item_id": "p-new", "text": "A4 printer paper"}, NEW_WATERCOLOR, status=409)
+        assert body["error"]["code"] == "item_exists" and "'w-new'" in body["error"]["message"]  # type: ignore[index]
+        monkeypatch.undo()
+        assert redis_server.client().hgetall(item_texts_key(DOMAIN)) == {"w-new": "the other worker's text"}
+        for item in ("w-new", "p-new"):
+            assert a.get(f"/v1/items/{item}/similar", params={"domain": DOMAIN}).status_code == 404
+        # the next add looks at Redis first: the other worker's item is known here, with its text
+        assert add(a, {"item_id": "w-new", "text": "the other worker's text"})["existing"] == ["w-new"]
+
+
 def test_added_items_are_left_out_of_the_encoder_input(c: TestClient) -> None:
     add(c, NEW_WATERCOLOR)
     only_new, mixed = new_user(), new_user()
@@ -302,6 +345,7 @@ import sys
 from fastapi.testclient import TestClient
 from core.settings import Settings
 from service.app import create_app
+from service.redis_store import RedisSequenceStore
 settings = Settings.model_validate_json({settings!r})
 with TestClient(create_app(settings)) as c:
     r = c.post("/v1/items", json={json.dumps({"domain": DOMAIN, "items": [NEW_WATERCOLOR]})},
