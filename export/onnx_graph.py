@@ -60,11 +60,35 @@ def export_onnx(graph: Graph, path: Path, opset: int = 17) -> None:
     axes = {n: {0: "batch", 1: n.replace("_seq", "_len")} for n in names} | {OUTPUT: {0: "batch"}}
     module = graph.module.eval()
     args = dummy_inputs(graph)
+    with warnings.catch_warnings():
+        # LSTMs without h0/c0 inputs start from zeros at any batch size: the parity at batch 1 and 64 proves it
+        warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1", UserWarning)
+        dim = trace_to_onnx(module, args, path, opset, names, axes)
+    model = onnx.load(str(path))
+    _restore_inputs(model, names)
+    pin_output(model, dim)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def trace_to_onnx(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    names: list[str],
+    axes: dict[str, dict[int, str]],
+    output: str = OUTPUT,
+    quiet: tuple[type[Warning], ...] = (),
+) -> int:
+    """The one ``torch.onnx.export`` call (TorchScript tracer, constant folding, one output named ``output``)
+    of every graph cdrec exports; returns the output width D. The tracer's own warnings are silenced (parity
+    proves the traced graph), and so are ``quiet``'s categories."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
         warnings.simplefilter("ignore", TRACER_WARNING)  # shapes read from tensors while tracing
-        # LSTMs without h0/c0 inputs start from zeros at any batch size: the parity at batch 1 and 64 proves it
-        warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1", UserWarning)
+        for category in quiet:
+            warnings.simplefilter("ignore", category)
         dim = int(module(*args).shape[-1])
         torch.onnx.export(
             module,
@@ -73,18 +97,14 @@ def export_onnx(graph: Graph, path: Path, opset: int = 17) -> None:
             dynamo=False,
             opset_version=opset,
             input_names=names,
-            output_names=[OUTPUT],
+            output_names=[output],
             dynamic_axes=axes,
             do_constant_folding=True,
         )
-    model = onnx.load(str(path))
-    _restore_inputs(model, names)
-    _pin_output(model, dim)
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
+    return dim
 
 
-def _pin_output(model: onnx.ModelProto, dim: int) -> None:
+def pin_output(model: onnx.ModelProto, dim: int) -> None:
     """Declare the output (batch, D) with D concrete: after a concat the tracer leaves it symbolic."""
     out = model.graph.output[0].type.tensor_type.shape
     del out.dim[:]

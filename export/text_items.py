@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -242,29 +241,10 @@ def export_text_onnx(tg: TextGraph, path: Path, opset: int = 17) -> int:
     feeds = tg.tokenizer()(["a short title", "a somewhat longer product title, so the batch is padded"])
     args = tuple(torch.from_numpy(feeds[n]) for n in INPUTS)
     axes = {n: {0: "batch", 1: "tokens"} for n in INPUTS} | {OUTPUT: {0: "batch"}}
-    module = tg.module
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
-        warnings.simplefilter("ignore", UserWarning)  # transformers' notes while tracing (parity proves them moot)
-        warnings.simplefilter("ignore", FutureWarning)
-        dim = int(module(*args).shape[-1])
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=list(INPUTS),
-            output_names=[OUTPUT],
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
+    quiet = (UserWarning, FutureWarning)  # transformers' notes while tracing (parity proves them moot)
+    dim = onnx_graph.trace_to_onnx(tg.module, args, path, opset, list(INPUTS), axes, OUTPUT, quiet)
     model = onnx.load(str(path))
-    out = model.graph.output[0].type.tensor_type.shape
-    del out.dim[:]
-    out.dim.add().dim_param = "batch"
-    out.dim.add().dim_value = dim
+    onnx_graph.pin_output(model, dim)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return dim

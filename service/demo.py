@@ -35,6 +35,7 @@ from typing import Any
 
 from core.manifest import read_manifest
 from core.redis_keys import seq_key
+from service.embedded import alive
 
 NEWCOMER = "demo-newcomer"
 
@@ -92,7 +93,7 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
 def wait_ready(base: str, pid: int, log: Path, timeout_s: float = 90.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             raise DemoError(f"the service exited while starting; see {log}:\n{_tail(log)}")
         try:
             ready: dict[str, Any] = http("GET", f"{base}/readyz")
@@ -109,31 +110,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own exited child
-    except ChildProcessError:
-        return True
-    return done == 0
-
-
 def stop_pid(pid_file: Path, what: str, timeout_s: float = 20.0) -> bool:
     """SIGTERM the process named in ``pid_file`` and wait for it (SIGKILL after ``timeout_s``)."""
     if not pid_file.exists():
         return False
     pid = int(pid_file.read_text().split()[0])
-    if _alive(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if alive(pid):
             print(f"{what} (pid {pid}) ignored SIGTERM for {timeout_s:.0f} s: SIGKILL", flush=True)
             os.kill(pid, signal.SIGKILL)
         print(f"stopped {what} (pid {pid})", flush=True)

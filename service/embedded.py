@@ -56,14 +56,15 @@ class EmbeddedRedis:
         # SIGTERM is redis-server's SHUTDOWN (fsync the AOF, save the snapshot) without a client that retries
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         server.running = False
         if server.redis_dir:
             shutil.rmtree(server.redis_dir, ignore_errors=True)  # the socket's temporary directory
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (an exited child of ours is reaped on the way)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -158,7 +158,7 @@ def _train_cross_domain(ns: argparse.Namespace, split: NextItemSplit) -> dict[st
             if not isinstance(guru, GURU) or meta.get("target") != ns.target_domain:
                 raise ValueError(f"{ns.guru_checkpoint}: not a GURU checkpoint for target {ns.target_domain!r}")
         elif ns.pretrain_epochs > 0:
-            shared = {f.name: getattr(cargs, f.name) for f in fields(GURUArgs) if hasattr(cargs, f.name)}
+            shared = {f.name: getattr(cargs, f.name) for f in fields(GURUArgs)}  # CDSRecArgs extends GURUArgs
             gargs = GURUArgs(**{**shared, "epochs": ns.pretrain_epochs})
             guru, _, _ = train_guru(split, gargs, ns.out / f"gur.{ns.target_domain}.pt")
         name = "cdsrec-lstm" if cargs.encoder == "lstm" else "cdsrec" if cargs.adversarial else "cdsrec-noadv"

@@ -22,6 +22,22 @@ SELECT_ON = "NDCG@10"
 
 
 @dataclass
+class SeqArgs:
+    """The options every sequence trainer shares (SASRec, GURU, CDSRec, UniSRec); each trainer's Args extends
+    it (a subclass may redeclare a field to change its default; the field keeps its place)."""
+
+    epochs: int = 30
+    patience: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    max_len: int = 50
+
+
+@dataclass
 class FitResult:
     best_epoch: int
     valid: dict[str, float]

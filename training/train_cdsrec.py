@@ -32,35 +32,19 @@ from training.evaluation import evaluate_ranking
 from training.fit import FitResult, fit
 from training.models.cdsrec import CDSRec, CDSRecConfig
 from training.models.guru import GURU, guru_losses, item_loss, reversal_strength
-from training.train_guru import NegativeSampler, bucketed_batches, cross_domain_arrays, two_domain_scorer
+from training.train_guru import GURUArgs, NegativeSampler, bucketed_batches, cross_domain_arrays, two_domain_scorer
 
 
 @dataclass
-class CDSRecArgs:
-    epochs: int = 30
-    patience: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    max_len: int = 50
-    encoder: str = "transformer"
-    adversarial: bool = True
+class CDSRecArgs(GURUArgs):
+    """GURU's options (CDSRec trains or fine-tunes a GURU inside: its losses are the auxiliary ones) and
+    CDSRec's own."""
+
     short_layers: int = 2
     short_window: int = 0
-    loss: str = "sampled"  # "sampled" | "bpr" | "ce"
-    negatives: int = 2048
-    pop_mix: float = 1.0  # share of negatives drawn by popularity (the rest uniform)
     predict_first: bool = False  # also learn each user's first target item from their source history alone
     source_dropout: float = 0.0  # hide a training row's whole source history with this probability
     aux_weight: float = 0.5
-    adv_weight: float = 0.1
-    align_weight: float = 0.1
-    cross: bool = False  # also decode target items from the source GUR (see guru_losses)
-    weight_decay: float = 0.0
-    seed: int = 0
 
 
 def config_from_args(args: CDSRecArgs, n_target: int, n_source: int) -> CDSRecConfig:

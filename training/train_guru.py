@@ -18,7 +18,7 @@ import torch
 from training.data.batches import encode_histories
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
-from training.fit import FitResult, fit
+from training.fit import FitResult, SeqArgs, fit
 from training.models.guru import GURU, GURUConfig, Negatives, guru_losses, reversal_strength
 
 
@@ -125,16 +125,7 @@ def two_domain_scorer(
 
 
 @dataclass
-class GURUArgs:
-    epochs: int = 30
-    patience: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    max_len: int = 50
+class GURUArgs(SeqArgs):
     encoder: str = "transformer"
     adversarial: bool = True
     adv_weight: float = 0.1

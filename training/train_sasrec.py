@@ -20,21 +20,12 @@ import torch
 from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
-from training.fit import FitResult, fit
+from training.fit import FitResult, SeqArgs, fit
 from training.models.sasrec import SASRec, SASRecConfig, popularity_sampler, sequence_loss
 
 
 @dataclass
-class SASRecArgs:
-    epochs: int = 30
-    patience: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    max_len: int = 50
+class SASRecArgs(SeqArgs):
     weight_decay: float = 0.0
     negatives: int = 2048  # 0 = full softmax; >0 = sampled softmax with that many shared negatives
     neg_power: float = 1.0  # negatives drawn ∝ popularity ** neg_power (0 = uniform), logQ-corrected

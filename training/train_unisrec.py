@@ -26,7 +26,7 @@ from training.data.batches import encode_histories, next_item_pairs, shuffled_ba
 from training.data.splits import Examples, NextItemSplit
 from training.data.text import DEFAULT_CACHE_DIR, DEFAULT_TEXT_MODEL, item_text_vectors
 from training.evaluation import evaluate_ranking
-from training.fit import FitResult, fit
+from training.fit import FitResult, SeqArgs, fit
 from training.models.unisrec import UniSRec, UniSRecConfig, seq_item_loss, seq_seq_loss, transfer
 
 Scorer = Callable[[Examples], torch.Tensor]
@@ -34,21 +34,13 @@ TextTables = dict[str, np.ndarray]  # domain -> (n_items + 1, text_dim) text vec
 
 
 @dataclass
-class UniSRecArgs:
+class UniSRecArgs(SeqArgs):
     variant: str = "inductive"  # inductive (text only) | transductive (text + id embedding)
     # zero-shot validation on Art-Office peaks after the first pretraining epoch, then drifts to the source domain
     pretrain_epochs: int = 2  # 0 = no pretraining: fine-tune from scratch
     pretrain_patience: int = 1
     epochs: int = 40  # fine-tuning: the inductive model still gained at epoch 25 on Art-Office office
-    patience: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3
     pretrain_lr: float = 1e-3
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    max_len: int = 50
     experts: int = 8
     adapter_dropout: float = 0.2
     temperature: float = 0.07
