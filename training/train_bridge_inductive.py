@@ -74,11 +74,11 @@ class RankingView:
     valid: Examples
 
 
-def ranking_view(split: ColdStartSplit, target: str = "first") -> RankingView:
-    """``target``: which item of each valid cold user is ranked (ColdStartSplit.ranking_examples)."""
+def ranking_view(split: ColdStartSplit, cold_item: str = InductiveArgs.cold_item) -> RankingView:
+    """``cold_item``: which item of each valid cold user is ranked (ColdStartSplit.ranking_examples)."""
     data = split.data
     return RankingView(split.source, split.target, data.n_users, data.n_items(split.source),
-                       data.n_items(split.target), split.train, split.ranking_examples(split.valid_users, target))
+                       data.n_items(split.target), split.train, split.ranking_examples(split.valid_users, cold_item))
 
 
 def training_pairs(view: RankingView, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
