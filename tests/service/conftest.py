@@ -137,9 +137,19 @@ def copy_artifacts(src: Path, dst: Path) -> Path:
     return dst
 
 
-def make_settings(artifacts: Path, redis_url: str | None, **service: Any) -> Settings:
+# a read budget that a busy CI box cannot blow: a happy-path test answered "degraded" proves nothing; the outage
+# tests pass None, the production default, since that budget is what they exercise
+TEST_READ_TIMEOUT_S = 1.0
+
+
+def make_settings(
+    artifacts: Path, redis_url: str | None, redis_timeout_s: float | None = TEST_READ_TIMEOUT_S, **service: Any
+) -> Settings:
     svc = {"artifacts": artifacts, "api_keys": [SecretStr(API_KEY)], "watch_s": 0.0, **service}
-    return Settings.model_validate({"redis": {"url": redis_url, "retry_after_s": 0.2}, "service": svc})
+    redis: dict[str, Any] = {"url": redis_url, "retry_after_s": 0.2}
+    if redis_timeout_s is not None:
+        redis["timeout_s"] = redis_timeout_s
+    return Settings.model_validate({"redis": redis, "service": svc})
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def wait_for(predicate: object, timeout_s: float = 10.0) -> None:
 def test_redis_killed_mid_test_answers_degraded_flips_readiness_and_recovers_on_restart(
     service_artifacts: Path, own_redis: RedisServer
 ) -> None:
-    with TestClient(create_app(make_settings(service_artifacts, own_redis.url))) as c:
+    with TestClient(create_app(make_settings(service_artifacts, own_redis.url, redis_timeout_s=None))) as c:
         event = {"user_id": "u-out", "domain": "music", "item_id": "m2"}
         assert c.post("/v1/events", json=event, headers=auth()).status_code == 200
         assert c.post("/v1/recommend", json=READ).json()["strategy"] == "gur"
@@ -61,7 +61,7 @@ def test_redis_killed_mid_test_answers_degraded_flips_readiness_and_recovers_on_
 
 
 def test_slow_redis_answers_degraded_within_the_timeout(service_artifacts: Path, own_redis: RedisServer) -> None:
-    settings = make_settings(service_artifacts, own_redis.url)
+    settings = make_settings(service_artifacts, own_redis.url, redis_timeout_s=None)
     assert settings.redis.timeout_s <= 0.1
     with TestClient(create_app(settings)) as c:
         blocker = threading.Thread(target=lambda: own_redis.client().execute_command("DEBUG", "SLEEP", "1.0"))
@@ -82,7 +82,7 @@ def test_the_service_starts_and_answers_degraded_when_redis_is_down_from_the_sta
     service_artifacts: Path, own_redis: RedisServer
 ) -> None:
     own_redis.kill()
-    with TestClient(create_app(make_settings(service_artifacts, own_redis.url))) as c:
+    with TestClient(create_app(make_settings(service_artifacts, own_redis.url, redis_timeout_s=None))) as c:
         assert c.get("/readyz").status_code == 503
         assert c.post("/v1/recommend", json=READ).json()["degraded"] is True
         own_redis.start()
