@@ -16,7 +16,6 @@ Writes docs/results.json (bench "cold_start"), the tables and a plot (docs/cold_
 
 from __future__ import annotations
 
-import argparse
 import math
 import shlex
 import statistics
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench.results import DOCS, record, table, update_json, update_markdown
+from bench.results import DOCS, data_parser, record, table, update_json, update_markdown
 from training.baselines import CrossCooccurrence, Popularity
 from training.data.loaders import load_art_office, load_douban
 from training.data.splits import cold_start_split
@@ -179,9 +178,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p = data_parser(__doc__)
     p.add_argument("--betas", type=float, nargs="+", default=[0.2, 0.5, 0.8])
     p.add_argument("--threads", type=int, default=1)
     ns = p.parse_args(argv)

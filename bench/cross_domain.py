@@ -13,17 +13,16 @@ evaluated with every source history emptied):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.results import data_parser
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
 from training.fit import FitResult
@@ -100,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.loaders import load_art_office
     from training.data.splits import leave_one_out
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    p = data_parser(__doc__, seeds=[0])
     p.add_argument("--targets", nargs="+", default=["art", "office"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--models", nargs="+", default=list(ROWS))
     p.add_argument("--threads", type=int, default=1)
     ns = p.parse_args(argv)

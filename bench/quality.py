@@ -9,7 +9,6 @@ docs/results.json (bench "quality") and the table + a bar chart into docs/result
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import shlex
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.results import DOCS, record, table, update_json, update_markdown
+from bench.results import DOCS, data_parser, record, table, update_json, update_markdown
 from training.baselines import Popularity
 from training.data.loaders import load_art_office
 from training.data.splits import NextItemSplit, leave_one_out
@@ -140,9 +139,7 @@ def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p = data_parser(__doc__)
     p.add_argument("--targets", nargs="+", default=["art", "office"])
     p.add_argument("--models", nargs="+", default=None, help="default: every model available")
     p.add_argument("--jobs", type=int, default=2, help="cells trained side by side (processes)")

@@ -6,6 +6,7 @@ bench owns the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -14,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def data_parser(doc: str | None, seeds: Sequence[int] = (0, 1, 2)) -> argparse.ArgumentParser:
+    """A bench's command line: its docstring as help, ``--data-root`` (../shared/data) and ``--seeds``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    return p
 
 
 def record(

@@ -19,20 +19,18 @@ Writes docs/results.json (bench "unisrec") and its section of docs/results.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.results import DOCS, record, table, update_json, update_markdown
+from bench.results import DOCS, data_parser, record, table, update_json, update_markdown
 from training.baselines import Popularity
 from training.data.loaders import load_art_office
 from training.data.splits import NextItemSplit, leave_one_out
@@ -120,10 +118,8 @@ def _warm_idx(split: NextItemSplit, held: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    p = data_parser(__doc__, seeds=[0])
     p.add_argument("--targets", nargs="+", default=["office", "art"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--hold-out", type=float, default=0.1, help="share of target items held out (item cold start)")
     p.add_argument("--no-sasrec", action="store_true", help="skip the SASRec rows")
     p.add_argument("--skip-items", action="store_true", help="skip the item cold-start slice")

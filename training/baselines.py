@@ -30,17 +30,32 @@ class CrossCooccurrence:
     """Cross-domain item-to-item counts, a non-neural check of how much the source history says about the
     target item: C[a, o] = training users with source item a and target item o. A history h scores target
     item o by log(1 + pop_o) + w * log(1 + sum_{a in h} C[a, o] / (1 + pop_o)^alpha); w = 0 is popularity.
-    ``select`` picks (w, alpha) on examples (the valid cold users)."""
+    ``select`` picks (w, alpha) on examples (the valid cold users).
 
-    def __init__(self, train: pd.DataFrame, source: str, target: str, n_source: int, n_target: int) -> None:
-        src = train.loc[train["domain"] == source, ["user", "item"]].drop_duplicates()
-        dst = train.loc[train["domain"] == target, ["user", "item"]].drop_duplicates()
+    ``order_decay`` = d counts ordered transitions instead: each time a training user's source item a comes g
+    positions before their target item o in the interleaved sequence, C[a, o] gains d^(g - 1) (pairs where o comes
+    first count nothing)."""
+
+    def __init__(self, train: pd.DataFrame, source: str, target: str, n_source: int, n_target: int,
+                 order_decay: float | None = None) -> None:
+        if order_decay is not None and not 0 < order_decay <= 1:
+            raise ValueError(f"order_decay must be in (0, 1], got {order_decay}")
+        cols = ["user", "item"] if order_decay is None else ["user", "item", "order"]
+        src = train.loc[train["domain"] == source, cols].drop_duplicates()
+        dst = train.loc[train["domain"] == target, cols].drop_duplicates()
         pairs = src.merge(dst, on="user", suffixes=("_s", "_t"))
-        keys, counts = np.unique(pairs["item_s"].to_numpy() * (n_target + 1) + pairs["item_t"].to_numpy(),
-                                 return_counts=True)
+        if order_decay is None:
+            weights = np.ones(len(pairs))
+        else:
+            gap = (pairs["order_t"] - pairs["order_s"]).to_numpy()
+            pairs, weights = pairs[gap > 0], order_decay ** (gap[gap > 0] - 1.0)
+        keys, inverse = np.unique(pairs["item_s"].to_numpy() * (n_target + 1) + pairs["item_t"].to_numpy(),
+                                  return_inverse=True)
+        counts = np.bincount(inverse, weights=weights, minlength=len(keys))
         index = torch.as_tensor(np.stack([keys % (n_target + 1), keys // (n_target + 1)]))
         self.cooc_t = torch.sparse_coo_tensor(index, torch.as_tensor(counts, dtype=torch.float32),
                                               (n_target + 1, n_source + 1), check_invariants=True).coalesce()
+        dst = dst[["user", "item"]].drop_duplicates()
         pop = np.bincount(dst["item"].to_numpy(), minlength=n_target + 1).astype(np.float32)
         pop[0] = 0.0
         self.pop = torch.as_tensor(pop)
