@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import bench.cold_start as cold_start
 from bench.results import record
 
@@ -49,3 +51,9 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "cold_start.png"
     cold_start.plot(_records(), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_one_dataset_alone_is_refused_unless_nothing_is_written(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cold_start.main(["--datasets", "douban", "--data-root", "/nonexistent"])
+    assert exit_info.value.code == 2 and "needs --print-only" in capsys.readouterr().err
