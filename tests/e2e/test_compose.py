@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from core.manifest import read_manifest
 from tests.service.conftest import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,11 @@ def test_the_compose_services_commands_run_outside_docker(tmp_path: Path) -> Non
     api = refresh = None
     try:
         assert "==> evaluate" in run("trainer")
-        assert (artifacts / "current").exists()
+        # the bundle serves what the training half handed off (CDSRec, reading both domains), not the baseline
+        handoff = json.loads((artifacts / "run" / "demo.json").read_text())
+        (encoder,) = [g for g in read_manifest(artifacts / "current").graphs if g.kind == "user_encoder"]
+        assert encoder.model == "cdsrec" and Path(handoff["checkpoint"]).name == "cdsrec.music.pt", encoder.model
+        assert len(encoder.inputs) == 2, encoder.inputs
         assert "seeded" in run("seed")
         api_env = {**env, **{k: _interpolate(v, env) for k, v in services["api"]["environment"].items()}}
         api = subprocess.Popen(command("api"), cwd=ROOT, env=api_env, stdout=subprocess.DEVNULL,

@@ -89,3 +89,13 @@ def test_demo_end_to_end_trains_serves_refreshes_and_answers_over_http(tmp_path:
     assert not (out / "service.pid").exists() and not (out / "redis.pid").exists()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
+
+
+def test_the_readme_names_benches_and_checkpoints_that_exist() -> None:
+    from training.train_unisrec import UniSRecArgs
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    listed = text.split("every other bench is `.venv/bin/python -m bench.<name>` (", 1)[1].split(")", 1)[0]
+    names = re.findall(r"`(\w+)`", listed)
+    assert len(names) >= 6 and all((ROOT / "bench" / f"{n}.py").exists() for n in names), names
+    assert f"--checkpoint runs/unisrec-{UniSRecArgs().variant}.office.pt" in text  # what `cdrec train unisrec` saves
