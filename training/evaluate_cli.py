@@ -1,22 +1,50 @@
 """`cdrec evaluate`: the metrics table of a checkpoint, or of the popularity baseline, on valid or test.
 
-    cdrec evaluate --checkpoint runs/sasrec.office.pt --data ../shared/data/amazon_art_office_urllm
+    cdrec evaluate --checkpoint runs/cdsrec.office.pt --data ../shared/data/amazon_art_office_urllm
     cdrec evaluate --model popularity --data synthetic --target-domain music
+
+Checkpoints of the next-item models: SASRec (``sasrec``, ``sasrec-merged``), GURU (``gur``), CDSRec (``cdsrec``,
+``cdsrec-noadv``, ``cdsrec-lstm``) and fine-tuned UniSRec (``unisrec-inductive``, ``unisrec-transductive``), on
+the leave-one-out split they were trained on. Cold-start bridges are scored on their own split by
+``cdrec train bridge``, which reports valid and test.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from training import checkpoint
 from training.baselines import Popularity
 from training.data.interactions import DataError
 from training.data.source import load_data
-from training.data.splits import leave_one_out
+from training.data.splits import Examples, leave_one_out
 from training.evaluation import evaluate_ranking
+from training.train_guru import two_domain_scorer
 from training.train_sasrec import sasrec_scorer
+from training.train_unisrec import unisrec_scorer
+
+
+def scorer_for(model: torch.nn.Module, meta: dict[str, Any], n_target: int) -> Callable[[Examples], torch.Tensor]:
+    """The scorer a checkpoint's trainer evaluated it with, from the model name in its metadata."""
+    name = str(meta.get("model"))
+    if "beta" in meta:  # only the cold-start trainers record the share of users they made cold
+        raise ValueError(f"{name!r} is a cold-start bridge: `cdrec train bridge` scores it on its cold-start split")
+    known = {"sasrec", "sasrec-merged", "gur", "cdsrec", "cdsrec-noadv", "cdsrec-lstm", "unisrec-inductive",
+             "unisrec-transductive"}
+    if name not in known:
+        raise ValueError(f"cdrec evaluate does not know model {name!r} (it scores {', '.join(sorted(known))})")
+    max_len = int(model.cfg.max_len)  # type: ignore[union-attr]
+    if name.startswith("sasrec"):
+        return sasrec_scorer(model, max_len, n_target, bool(meta.get("merged")))  # type: ignore[arg-type]
+    if name.startswith("unisrec"):
+        return unisrec_scorer(model, max_len)  # type: ignore[arg-type]
+    return two_domain_scorer(model, max_len, n_target)  # GURU and CDSRec: (target_seq, source_seq) towers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             target = ns.target_domain or meta["target"]
             data = load_data(ns.data, seed=ns.seed)
             split = leave_one_out(data, target)
-            if meta.get("model") not in ("sasrec", "sasrec-merged"):
-                raise ValueError(f"cdrec evaluate does not know model {meta.get('model')!r} yet")
-            scorer = sasrec_scorer(model, model.cfg.max_len, data.n_items(target), bool(meta.get("merged")))  # type: ignore[arg-type]
+            scorer = scorer_for(model, meta, data.n_items(target))
             rows.append((meta["model"], evaluate_ranking(scorer, getattr(split, ns.split))))
         else:
             if not ns.target_domain:
