@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import sys
 import types
 from pathlib import Path
@@ -82,3 +83,14 @@ def test_synth_rejects_overlap_outside_unit_interval(
 ) -> None:
     assert main(["synth", str(tmp_path / "s.csv"), "--overlap", "1.5"]) == 2
     assert "--overlap must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_stats_reads_amazon_ratings_files_as_domains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    books, music = tmp_path / "ratings_Books.csv", tmp_path / "ratings_Music.csv.gz"
+    books.write_text("A1,B1,5.0,10\nA2,B2,4.0,11\n")
+    with gzip.open(music, "wt") as f:
+        f.write("A1,M1,3.0,12\n")
+    assert main(["stats", f"books={books},music={music}"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:5] for line in out.splitlines()[2:4]}
+    assert rows == {"books": ["2", "2", "2", "1"], "music": ["1", "1", "1", "1"]}, out

@@ -364,6 +364,29 @@ def test_load_dispatches_on_directory_layout_and_file(tmp_path: Path) -> None:
     assert load(write(tmp_path / "g.csv", GENERIC)).domains == ["books", "music"]
 
 
+def test_load_reads_an_amazon_ratings_csv_and_several_files_as_domains(tmp_path: Path) -> None:
+    books = write(tmp_path / "ratings_Books.csv", "A1,B2,5.0,1400000000\nA1,B1,3.0,1300000000\nA2,B1,1.0,1\n")
+    music = write(tmp_path / "Music.json", json.dumps({"reviewerID": "A1", "asin": "M1", "overall": 4.0,
+                                                       "unixReviewTime": 5}))
+    one = load(books)  # no domain column: the file is one domain, named after it
+    assert one.domains == ["ratings_Books"] and one.has_ratings and one.n_items("ratings_Books") == 2
+    both = load(f"books={books},music={music}")
+    assert both.domains == ["books", "music"] and triples(both, "music") == [("A1", "M1", 5)]
+    assert len(both.user_ids) == 2  # reviewer ids are shared: A1 is in both domains
+    assert load(f"{books},{music}").domains == ["Music", "ratings_Books"]
+    with pytest.raises(DataError, match="no such file"):
+        load(f"books={books},music={tmp_path / 'absent.csv'}")
+    with pytest.raises(DataError, match="same domain"):
+        load(f"x={books},x={music}")
+
+
+def test_a_generic_file_is_not_taken_for_amazon_ratings(tmp_path: Path) -> None:
+    assert load(write(tmp_path / "g.csv", GENERIC)).domains == ["books", "music"]
+    # four columns with a domain: the generic format, whose errors name its own columns
+    with pytest.raises(DataError, match="timestamp or position"):
+        load(write(tmp_path / "h.csv", "user_id,item_id,domain,rating\nu,i,d,1\n"))
+
+
 def test_load_reports_missing_path_and_unknown_directory(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file or directory"):
         load(tmp_path / "missing")

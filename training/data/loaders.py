@@ -15,6 +15,7 @@ Malformed input raises :class:`DataError` naming the file, the line (Parquet: ro
 from __future__ import annotations
 
 import ast
+import gzip
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "load",
     "load_amazon_ratings",
     "load_amazon_ratings_files",
+    "load_amazon_spec",
     "load_art_office",
     "load_douban",
     "load_interactions_file",
@@ -362,9 +364,44 @@ def load_amazon_ratings_files(pairs: Iterable[tuple[str | Path, str]]) -> Intera
 # --------------------------------------------------------------------------- dispatcher
 
 
+def _is_amazon_csv(path: Path) -> bool:
+    """A ``.csv`` (or ``.csv.gz``) whose first line has the 4 fields of an Amazon ratings file: no header, or a
+    header naming user, item, rating and timestamp (and so no ``domain``: not a generic interactions file)."""
+    if not path.name.removesuffix(".gz").endswith(".csv"):
+        return False
+    try:
+        with gzip.open(path, "rt") if path.name.endswith(".gz") else path.open() as f:
+            fields = [x.strip().lower() for x in f.readline().split(",")]
+    except (OSError, UnicodeDecodeError, EOFError):
+        return False  # the generic loader reports what is wrong with the file
+    named = [f for f in ALIASES if _pick(fields, f)]
+    return len(fields) == 4 and "domain" not in fields and len(named) in (0, 4)
+
+
+def load_amazon_spec(spec: str) -> Interactions:
+    """``[DOMAIN=]PATH,[DOMAIN=]PATH,...``: Amazon ratings files, one domain each (default domain: the file name
+    without its suffixes), reviewer ids shared across them."""
+    pairs = []
+    for part in spec.split(","):
+        domain, sep, path = part.partition("=")
+        path = path if sep else domain
+        pairs.append((Path(path.strip()), domain.strip() if sep else strip_suffixes(Path(path.strip()))))
+    for path, _ in pairs:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (in --data {spec!r})")
+    domains = [d for _, d in pairs]
+    if len(set(domains)) != len(domains):
+        raise DataError(f"--data {spec!r}: two files have the same domain; name them DOMAIN=PATH")
+    return load_amazon_ratings_files(pairs)
+
+
 def load(path_or_name: str | Path) -> Interactions:
     """Load by path: an Art-Office root (``derived/sequences.tsv.gz``), a Douban directory
-    (``douban_*_ratings.dat.gz``), an Amazon JSON ratings file, or a generic interactions file."""
+    (``douban_*_ratings.dat.gz``), an Amazon ratings file (JSON lines, or a 4-field CSV) or several as
+    ``[DOMAIN=]PATH,[DOMAIN=]PATH``, or a generic interactions file."""
+    if isinstance(path_or_name, str) and ("," in path_or_name or "=" in path_or_name) \
+            and not Path(path_or_name).exists():
+        return load_amazon_spec(path_or_name)
     p = Path(path_or_name)
     if p.is_dir():
         if (p / "derived" / "sequences.tsv.gz").is_file():
@@ -381,6 +418,6 @@ def load(path_or_name: str | Path) -> Interactions:
         )
     if not p.exists():
         raise DataError(f"{p}: no such file or directory")
-    if _is_json(p):
+    if _is_json(p) or _is_amazon_csv(p):
         return load_amazon_ratings(p, strip_suffixes(p))
     return load_interactions_file(p)
