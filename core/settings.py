@@ -14,15 +14,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class DataSettings(BaseModel):
-    """Where the trainers read interactions and how sequences are cut."""
+    """How sequences are cut. Set in the environment (``CDREC_DATA__MAX_LEN``), ``max_len`` is the trainers'
+    default ``--max-len`` (training/cli.py)."""
 
-    root: Path = Path("../shared/data")
     max_len: int = Field(50, ge=1, le=1024, description="longest per-domain sequence a model sees")
-    min_target_len: int = Field(3, ge=3, description="target-domain items a user needs for leave-one-out")
 
 
 class TrainSettings(BaseModel):
-    """Defaults for the offline trainers (each CLI flag overrides its field)."""
+    """The trainers' flags, from the environment (training/cli.py): a field set as ``CDREC_TRAIN__<FIELD>``
+    becomes the default of the flag of that name (``out_dir``: ``--out``; ``threads``: torch's intra-op threads)
+    and a flag on the command line still wins. A field the environment does not set changes nothing: each trainer
+    keeps its own default (the values below only bound what the environment may set)."""
 
     out_dir: Path = Path("runs")
     seed: int = 0
@@ -35,10 +37,6 @@ class TrainSettings(BaseModel):
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     threads: int = Field(2, ge=1, description="torch intra-op threads")
-
-
-class EvalSettings(BaseModel):
-    ks: tuple[int, ...] = (10, 20)
 
 
 class RedisSettings(BaseModel):
@@ -86,6 +84,5 @@ class Settings(BaseSettings):
 
     data: DataSettings = Field(default_factory=DataSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
-    eval: EvalSettings = Field(default_factory=EvalSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)

@@ -12,6 +12,11 @@ Examples:
         --guru-checkpoint runs/gur.office.pt        (or --pretrain-epochs N: train GURU first)
     cdrec train unisrec --data ../shared/data/amazon_art_office_urllm --target-domain office \
         --variant inductive --pretrain-domain art
+
+Settings from the environment (core.settings): a ``CDREC_TRAIN__<FIELD>`` that is set (epochs, patience,
+batch_size, lr, dim, layers, heads, dropout, seed, threads; out_dir for ``--out``) or ``CDREC_DATA__MAX_LEN``
+becomes the default of the flag of that name; a flag on the command line still wins, and a field that is not
+set leaves each trainer's own default.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from core.settings import Settings
 from training import checkpoint
 from training.data.interactions import DataError
 from training.data.source import load_data
@@ -63,6 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_unisrec_parser(sub)
     return parser
+
+
+def settings_defaults(settings: Settings) -> dict[str, object]:
+    """The flag defaults the environment sets: only the fields it named, so unset ones keep each trainer's."""
+    out: dict[str, object] = {f: getattr(settings.train, f) for f in settings.train.model_fields_set}
+    if "out_dir" in out:
+        out["out"] = out.pop("out_dir")
+    if "max_len" in settings.data.model_fields_set:
+        out["max_len"] = settings.data.max_len
+    return out
+
+
+def apply_defaults(parser: argparse.ArgumentParser, defaults: dict[str, object]) -> None:
+    """Set ``defaults`` on every (sub)parser that has a flag of that name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                apply_defaults(sub, defaults)
+    dests = {a.dest for a in parser._actions}
+    parser.set_defaults(**{k: v for k, v in defaults.items() if k in dests})
 
 
 def _add_bridge_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -169,7 +197,18 @@ def _train_cross_domain(ns: argparse.Namespace, split: NextItemSplit) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        defaults = settings_defaults(Settings())
+    except ValidationError as exc:
+        print(f"cdrec train: bad CDREC_* setting in the environment:\n{exc}", file=sys.stderr)
+        return 2
+    apply_defaults(parser, defaults)
+    if "threads" in defaults:
+        import torch
+
+        torch.set_num_threads(int(defaults["threads"]))  # type: ignore[call-overload]
+    ns = parser.parse_args(argv)
     if ns.model == "bridge":
         return _train_bridge(ns)
     try:

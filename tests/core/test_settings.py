@@ -16,7 +16,6 @@ def test_settings_defaults_are_sane() -> None:
     s = Settings()
     assert s.redis.url is None  # embedded redis by default
     assert s.data.max_len == 50
-    assert s.eval.ks == (10, 20)
 
 
 def test_settings_reject_out_of_range_values(monkeypatch: pytest.MonkeyPatch) -> None:

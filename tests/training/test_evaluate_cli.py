@@ -68,3 +68,4 @@ def test_popularity_needs_a_target_domain_and_a_missing_checkpoint_exits_2(
     assert "cdrec evaluate:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate_cli.main(["--model", "popularity", "--data", "synthetic"])
+
