@@ -6,6 +6,12 @@ has them. An approximate index searches as deep (HNSW: with ``efSearch`` raised 
 index itself untouched) and when it still comes back short, exact scores over the stored vectors finish the
 job, so the "never fewer than k" promise does not depend on the graph's reach.
 
+``exclusion="selector"`` instead has an approximate index skip the excluded rows inside FAISS
+(``IDSelectorNot(IDSelectorBatch(...))``, efSearch at least ``k``). Measured by ``python -m bench.faiss_exclude``
+(docs/results.md) on 100k items: slower than searching deeper up to a few hundred exclusions (building the
+selector costs more than the extra depth), 3.4x faster on HNSW at 1,000 but at recall@10 0.965 against 0.998.
+The service keeps the default, ``deeper``: the usual request excludes at most a sequence's 50 items.
+
 Search parameters (efSearch, nprobe) come from the manifest, where the export measured their recall. FAISS
 parallelises with OpenMP, whose thread count is per calling thread: ``set_threads`` must run in every thread
 that searches (the executor's initializer does it), or batch-1 search gets ~3x slower (PERFORMANCE.md).
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -28,18 +34,22 @@ def set_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
+Exclusion = Literal["selector", "deeper"]
+
+
 class FaissItemIndex:
-    def __init__(self, path: Path, spec: IndexSpec) -> None:
+    def __init__(self, path: Path, spec: IndexSpec, exclusion: Exclusion = "deeper") -> None:
         index = faiss.read_index(str(path))
         self.type = spec.type
-        self._ef = 0
+        self.exclusion = exclusion
+        self._ef = self._nprobe = 0
         if spec.type == "hnsw":
             hnsw: Any = faiss.downcast_index(index)
             self._ef = int(spec.params.get("efSearch") or hnsw.hnsw.efSearch)
             hnsw.hnsw.efSearch = self._ef
         elif spec.type == "ivf":
             ivf = faiss.extract_index_ivf(index)
-            ivf.nprobe = int(spec.params.get("nprobe") or ivf.nprobe)
+            self._nprobe = ivf.nprobe = int(spec.params.get("nprobe") or ivf.nprobe)
             ivf.make_direct_map()  # reconstruct() by row below
         self._index = index
         # the stored vectors: item-to-item queries and the exact fallback read them
@@ -55,7 +65,8 @@ class FaissItemIndex:
         index = faiss.clone_index(self._index)
         index.add(new)  # an IVF index files them under its trained centroids; its direct map follows the add
         out = object.__new__(FaissItemIndex)
-        out.type, out._ef, out._index = self.type, self._ef, index
+        out.type, out.exclusion, out._ef, out._nprobe, out._index = self.type, self.exclusion, self._ef, \
+            self._nprobe, index
         out._vectors = np.concatenate([self._vectors, new])
         out._count = int(index.ntotal)
         return out
@@ -73,14 +84,17 @@ class FaissItemIndex:
         want = min(k, n - len(exclude))  # exclude holds rows of this index (the Recommender's catalogue rows)
         if want <= 0:
             return [], []
-        depth = min(n, k + len(exclude))
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        if self.type == "hnsw" and depth > self._ef:
-            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss' stubs
-            params.efSearch = depth
-            scores, ids = self._index.search(q, depth, params=params)
+        if exclude and self.type != "flat" and self.exclusion == "selector":
+            scores, ids = self._search_selected(q, k, exclude)
         else:
-            scores, ids = self._index.search(q, depth)
+            depth = min(n, k + len(exclude))
+            if self.type == "hnsw" and depth > self._ef:
+                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss' stubs
+                params.efSearch = depth
+                scores, ids = self._index.search(q, depth, params=params)
+            else:
+                scores, ids = self._index.search(q, depth)
         rows: list[int] = []
         out: list[float] = []
         for row, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
@@ -92,6 +106,20 @@ class FaissItemIndex:
         if len(rows) < want:  # an approximate index came back short: exact scores finish the job
             return self._exact(q[0], want, exclude)
         return rows, out
+
+    def _search_selected(self, q: FloatArray, k: int, exclude: Set[int]) -> tuple[FloatArray, Any]:
+        """One approximate search that skips ``exclude`` inside FAISS; the index's own parameters untouched."""
+        batch = faiss.IDSelectorBatch(np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
+        keep = faiss.IDSelectorNot(batch)  # does not own batch: both stay referenced until the search returns
+        if self.type == "hnsw":
+            params: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = max(self._ef, k)
+        else:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = self._nprobe
+        params.sel = keep
+        scores, ids = self._index.search(q, k, params=params)
+        return scores, ids
 
     def _exact(self, query: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
         scores = self._vectors @ query  # (N,)

@@ -1,4 +1,5 @@
-"""FaissItemIndex: exclusions by searching deeper, never fewer than k while the catalogue has them."""
+"""FaissItemIndex: exclusions by searching deeper (or, as an option, inside FAISS), never fewer than k while the
+catalogue has them."""
 
 from __future__ import annotations
 
@@ -56,12 +57,14 @@ def indexes(vectors: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> di
     for name, index, params in (("flat", flat, {}), ("hnsw", hnsw, {"efSearch": 4}), ("ivf", ivf, {"nprobe": 1})):
         faiss.write_index(index, str(root / f"{name}.faiss"))
         out[name] = FaissItemIndex(root / f"{name}.faiss", _spec(name, params))
+        if name != "flat":
+            out[f"{name}-selector"] = FaissItemIndex(root / f"{name}.faiss", _spec(name, params), exclusion="selector")
     return out
 
 
 @settings(max_examples=80, deadline=None)
 @given(
-    kind=st.sampled_from(["flat", "hnsw", "ivf"]),
+    kind=st.sampled_from(["flat", "hnsw", "ivf", "hnsw-selector", "ivf-selector"]),
     exclude=st.sets(st.integers(0, N - 1), max_size=N),
     k=st.integers(1, 120),
     q=st.integers(0, N - 1),
@@ -94,6 +97,21 @@ def test_stored_vectors_are_readable_by_row_for_every_index_type(
 
 
 def test_search_leaves_the_index_search_parameters_untouched(indexes: dict[str, FaissItemIndex]) -> None:
-    index = indexes["hnsw"]
-    index.search(index.vector(0), 50, set(range(100)))
-    assert faiss.downcast_index(index._index).hnsw.efSearch == 4
+    for name in ("hnsw", "hnsw-selector"):
+        index = indexes[name]
+        index.search(index.vector(0), 50, set(range(100)))
+        assert faiss.downcast_index(index._index).hnsw.efSearch == 4
+    for name in ("ivf", "ivf-selector"):
+        indexes[name].search(indexes[name].vector(0), 50, set(range(100)))
+        assert faiss.extract_index_ivf(indexes[name]._index).nprobe == 1
+
+
+def test_the_selector_keeps_excluded_rows_out_of_faiss_own_answer(
+    indexes: dict[str, FaissItemIndex], vectors: np.ndarray
+) -> None:
+    # what FAISS itself returns under the selector, before any filtering or exact fallback: never an excluded row
+    exclude = set(range(0, N, 2))
+    for name in ("hnsw-selector", "ivf-selector"):
+        q = np.ascontiguousarray(vectors[3:4])
+        _, ids = indexes[name]._search_selected(q, 20, exclude)
+        assert not set(ids[0].tolist()) & exclude, name
