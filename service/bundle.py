@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from core.manifest import BundleError, GraphSpec, Manifest, TextItemsSpec, verify_bundle
-from core.sequence import encode_sequence
+from core.sequence import encode_batch, encode_sequence
 from service.ports import Encoder, FloatArray, IntArray, ItemIndex, TextEncoder
 
 
@@ -89,13 +89,7 @@ class Catalogue:
 
     def encode_many(self, histories: Sequence[Sequence[str]], max_len: int) -> IntArray:
         """(B, max_len): row b equals ``encode(histories[b], max_len)`` (the refresh job's batch form)."""
-        rows, offset, n = self.rows, self.offset, self.model_items
-        out = np.zeros((len(histories), max_len), dtype=np.int64)
-        for b, items in enumerate(histories):
-            kept = [r + offset for i in items if (r := rows.get(i)) is not None and r < n][-max_len:]
-            if kept:
-                out[b, max_len - len(kept) :] = kept
-        return out
+        return encode_batch([[r + self.offset for r in self.encodable_rows(items)] for items in histories], max_len)
 
 
 @dataclass(frozen=True)

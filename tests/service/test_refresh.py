@@ -227,3 +227,16 @@ def test_cdrec_refresh_killed_with_sigkill_resumes_from_its_cursor(
     assert done + int(m.group(1)) == n  # the cursor moved with each MSET: nothing stored before the kill is redone
     assert sum(1 for _ in rdb.scan_iter(match="cdrec:{u:*}:emb:music", count=1000)) == n
     assert rdb.get(refresh_cursor_key("music")) is None
+
+
+def test_catalogue_encodes_a_batch_row_by_row_as_it_encodes_one_history() -> None:
+    from service.bundle import Catalogue
+
+    cat = Catalogue("music", ["a", "b", "c", "d"], [0, 1, 2, 3], [4.0, 3.0, 2.0, 1.0]).extended(["added"])
+    histories = [[], ["a"], ["b", "zzz", "added", "c"], ["d", "c", "b", "a", "d", "c"]]  # unknown and text-added
+    batch = cat.encode_many(histories, 4)
+    assert batch.shape == (4, 4)
+    for row, items in zip(batch, histories, strict=True):
+        np.testing.assert_array_equal(row, cat.encode(items, 4))
+    np.testing.assert_array_equal(batch[2], [0, 0, 2, 3])  # "zzz" unknown, "added" has no model id: left padding
+    np.testing.assert_array_equal(batch[3], [2, 1, 4, 3])  # the 4 newest (b a d c), oldest dropped
