@@ -1,7 +1,9 @@
 """The Protocols between the Recommender and the outside systems, and the one error a store may raise.
 
 Each has one real adapter (service.redis_store, service.onnx_encoder, service.faiss_index,
-service.text_encoder) and an in-memory fake in tests/service (fakes.py). ``Encoder``, ``TextEncoder`` and
+service.text_encoder). ``SequenceStore``, ``Encoder`` and ``ItemIndex`` also have an in-memory fake
+(tests/service/fakes.py) for the Recommender's unit tests; the item-adding path (``TextEncoder``,
+``GrowableIndex``, ``ItemTextStore``) is tested against the real adapters only. ``Encoder``, ``TextEncoder`` and
 ``ItemIndex`` are blocking native calls: the Recommender and the item adder run them off the event loop.
 ``SequenceStore`` is async and bounds its own latency (a slow store is an unavailable one: it raises
 ``StoreUnavailable`` rather than keep a request waiting).
