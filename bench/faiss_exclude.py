@@ -122,20 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude", type=int, nargs="+", default=[0, 50, 200, 1000])
     p.add_argument("--kinds", nargs="+", choices=["hnsw", "ivf"], default=["hnsw", "ivf"])
     ns = p.parse_args(argv)
-    command = "python -m bench.faiss_exclude " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = ("python -m bench.faiss_exclude " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
     start = time.perf_counter()
     rows = run(ns)
     text = table(rows)
-    print(text, f"total {(time.perf_counter() - start) / 60:.1f} min", sep="\n\n")
+    minutes = (time.perf_counter() - start) / 60
+    print(text, f"total {minutes:.1f} min", sep="\n\n")
     update_json(BENCH, [record(BENCH, "synthetic-clustered", f"items={ns.items}@exclude={r['exclude']}",
                                f"{r['index']} {way}", metric, [r[f"{way}_{key}"]])
                         for r in rows for way in WAYS for metric, key in (("us", "us"), ("recall@10", "recall"))])
     update_markdown(BENCH, "\n".join([
         "## Excluding seen items in an approximate index: FAISS' selector against searching deeper",
         "",
-        f"`{command}`. {ns.items:,} clustered synthetic item vectors (dim {ns.dim}), {ns.queries} queries per "
-        "row, one FAISS thread, batch 1, k = 10; half of each query's exclusions come from its own exact top "
-        "max(200, |exclusions|). "
+        f"`{command}` ({minutes:.1f} min). {ns.items:,} clustered synthetic item vectors (dim {ns.dim}), "
+        f"{ns.queries} queries per row, one FAISS thread, batch 1, k = 10; half of each query's exclusions "
+        "come from its own exact top max(200, |exclusions|). "
         "Times are the median over rounds of the mean per search; `deeper / selector` is their ratio in this run.",
         "",
         text,
