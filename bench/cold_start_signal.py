@@ -106,7 +106,8 @@ Fit = Callable[[Examples], tuple[Scorer, str]]  # valid examples -> (scorer with
 
 
 def readers(split: ColdStartSplit, vectors: dict[str, tuple[Any, Any]]) -> dict[str, Fit]:
-    """Every reader of ``READERS`` (those of ``vectors``' kinds for the text ones) on ``split``'s training data."""
+    """Every reader of ``READERS`` (those of ``vectors``' kinds for the text ones) on ``split``'s training data;
+    the counts are built here, once, and each fit only chooses settings on the examples it gets."""
     src, dst = split.source, split.target
     n_src, n_dst = split.data.n_items(src), split.data.n_items(dst)
     log_pop = np.log1p(Popularity(split.train, dst, n_dst).counts)
@@ -120,12 +121,14 @@ def readers(split: ColdStartSplit, vectors: dict[str, tuple[Any, Any]]) -> dict[
         return fit
 
     def counted(order_decays: Sequence[float | None]) -> Fit:
+        counts = [CrossCooccurrence(split.train, src, dst, n_src, n_dst, order_decay=d) for d in order_decays]
+
         def fit(valid: Examples) -> tuple[Scorer, str]:
-            fitted = [CrossCooccurrence(split.train, src, dst, n_src, n_dst, order_decay=d) for d in order_decays]
-            values = [c.select(valid) for c in fitted]
-            best = max(range(len(fitted)), key=lambda k: (values[k], -k))  # ties: the first listed
-            c, d = fitted[best], order_decays[best]
-            return c.score, ("" if d is None else f"decay={d:g}, ") + f"w={c.w:g}, alpha={c.alpha:g}"
+            values = [c.select(valid) for c in counts]
+            best = max(range(len(counts)), key=lambda k: (values[k], -k))  # ties: the first listed
+            c, d = counts[best], order_decays[best]
+            # frozen at the chosen (w, alpha): a later select on another cold item must not change this scorer
+            return c.score_with(c.w, c.alpha), ("" if d is None else f"decay={d:g}, ") + f"w={c.w:g}, alpha={c.alpha:g}"
 
         return fit
 
@@ -162,9 +165,10 @@ def run(data: Interactions, seeds: Sequence[int], kinds: Sequence[str] = ("lexic
     for seed in seeds:
         start = time.perf_counter()
         split = cold_start_split(data, source, target, beta, seed)
+        fits = readers(split, vectors)  # counted once per split; each cold item chooses its own settings
         for cold_item in TARGETS:
             valid = split.ranking_examples(split.valid_users, target=cold_item)
-            fitted = {name: fit(valid) for name, fit in readers(split, vectors).items()}
+            fitted = {name: fit(valid) for name, fit in fits.items()}
             test = split.ranking_examples(split.test_users, target=cold_item)  # built after every choice
             for name, (scorer, settings) in fitted.items():
                 result = evaluate_ranking(scorer, test)
