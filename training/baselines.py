@@ -1,5 +1,6 @@
 """Popularity: every user gets the target domain's most interacted items in the training data. CrossCooccurrence:
-cross-domain item-to-item counts on top of it (a non-neural check of the cold-start signal)."""
+cross-domain item-to-item counts on top of it, UserKNN: the target items of the training users whose source
+histories look most like the user's (two non-neural checks of the cold-start signal)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
+from sklearn.preprocessing import normalize
 
 from training.data.splits import Examples
 from training.evaluation import evaluate_ranking
@@ -84,3 +87,62 @@ class CrossCooccurrence:
             return torch.log1p(self.pop)[None] + w * torch.log1p(self.counts(examples) / (1.0 + self.pop) ** alpha)
 
         return score
+
+
+class UserKNN:
+    """User-based CF across domains: a history's neighbours are the ``k`` training users (those with target-domain
+    items) whose source items are most like it, by cosine of IDF-weighted item indicators. Target item o scores
+    log(1 + pop_o) + w * log(1 + k * f_o), f_o the neighbours' similarity-weighted share of users who had o (so
+    k * f_o counts votes as if every neighbour were equally similar); w = 0 is popularity, an empty history or one
+    with no neighbour gets popularity's scores. ``select`` picks (k, w) on examples (the valid cold users)."""
+
+    def __init__(self, train: pd.DataFrame, source: str, target: str, n_users: int, n_source: int,
+                 n_target: int) -> None:
+        src = train.loc[train["domain"] == source, ["user", "item"]].drop_duplicates()
+        dst = train.loc[train["domain"] == target, ["user", "item"]].drop_duplicates()
+        neighbours = np.unique(dst["user"].to_numpy())  # only users with target items can vote
+        row = np.full(n_users, -1, np.int64)
+        row[neighbours] = np.arange(len(neighbours))
+        src = src[row[src["user"].to_numpy()] >= 0]
+        users_src = sparse.csr_matrix((np.ones(len(src), np.float32), (row[src["user"].to_numpy()], src["item"])),
+                                      shape=(len(neighbours), n_source + 1))
+        df = np.bincount(src["item"].to_numpy(), minlength=n_source + 1)
+        self.idf = np.log((len(neighbours) + 1.0) / (df + 1.0)).astype(np.float32)
+        self.users_src_t = normalize(users_src @ sparse.diags(self.idf)).T.tocsr()  # (n_source + 1, U)
+        self.votes = sparse.csr_matrix((np.ones(len(dst), np.float32), (row[dst["user"].to_numpy()], dst["item"])),
+                                       shape=(len(neighbours), n_target + 1))
+        pop = np.asarray(self.votes.sum(0)).ravel()
+        pop[0] = 0.0
+        self.log_pop = np.log1p(pop).astype(np.float32)
+        self.k, self.w = 50, 1.0
+
+    def shares(self, examples: Examples, k: int) -> np.ndarray:
+        """(B, N + 1) f_o per example: the similarity-weighted share of its top-``k`` neighbours who had o."""
+        hists = [np.unique(h[h > 0]) for h in examples.source_hist]
+        rows = np.repeat(np.arange(len(hists)), [len(h) for h in hists])
+        cols = np.concatenate(hists) if hists else np.zeros(0, np.int64)
+        hist = sparse.csr_matrix((self.idf[cols], (rows, cols)), shape=(len(hists), self.users_src_t.shape[0]))
+        sim = (normalize(hist) @ self.users_src_t).toarray()  # (B, U)
+        if k < sim.shape[1]:
+            kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]
+            sim[sim < kth] = 0.0  # ties at the k-th similarity are all kept
+        share = np.asarray((sparse.csr_matrix(sim) @ self.votes).todense())
+        return share / np.maximum(sim.sum(1, keepdims=True), 1e-12)
+
+    def score(self, examples: Examples) -> torch.Tensor:
+        return self.score_with(self.k, self.w)(examples)
+
+    def score_with(self, k: int, w: float) -> Callable[[Examples], torch.Tensor]:
+        def score(examples: Examples) -> torch.Tensor:
+            signal = np.log1p(k * self.shares(examples, k)) if w else 0.0
+            return torch.as_tensor(self.log_pop[None] + w * signal, dtype=torch.float32).expand(len(examples), -1)
+
+        return score
+
+    def select(self, examples: Examples, metric: str = "NDCG@10", ks: Sequence[int] = (20, 50, 200),
+               ws: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0)) -> float:
+        """Set (k, w) to the pair with the best ``metric`` on ``examples`` (ties: the smaller w, then the smaller
+        k); returns that value."""
+        best = max((evaluate_ranking(self.score_with(k, w), examples)[metric], -w, -k) for k in ks for w in ws)
+        self.k, self.w = -best[2], -best[1]
+        return best[0]

@@ -47,9 +47,32 @@ def test_checks_add_the_paired_difference_and_its_standard_error_when_seeds_allo
     assert line.endswith("lower than both (paired ptupcdr - emcdr: -0.0010 ± 0.0017 SE, 3 seeds)"), line
 
 
+def _with_shuffled(rows: list[dict]) -> list[dict]:
+    """``rows`` plus the art-office ones again on shuffled histories: the bridge halves, the others stay."""
+    out = list(rows)
+    for r in rows:
+        if r["dataset"] == "art-office":
+            values = [v / 2 if r["model"] == "bridge-inductive" else v for v in r["values"]]
+            out.append(record("cold_start", "art-office", r["task"], r["model"], r["metric"], values,
+                              split=cold_start.SHUFFLED))
+    return out
+
+
+def test_shuffled_records_stay_out_of_the_checks_and_the_table_and_get_their_own() -> None:
+    rows = _with_shuffled(_records())
+    assert cold_start.checks(rows) == cold_start.checks(_records())
+    ranking = [r for r in rows if r["dataset"] == "art-office"]
+    assert len(cold_start.tested(ranking)) == len(ranking) // 2
+    table = cold_start.shuffle_table(ranking).splitlines()
+    assert len(table) == 2 + 2 * 5  # header + one row per (cold item, model)
+    assert ("| cold:art->office@beta=0.2:first | bridge-inductive | 0.0510 ± 0.0014 | 0.0255 ± 0.0007 | "
+            "2.00 ± 0.00 |" in table), table
+    assert "| cold:art->office@beta=0.2:last | popularity | 0.0260 ± 0.0014 | 0.0260 ± 0.0014 | 1.00 ± 0.00 |" in table
+
+
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "cold_start.png"
-    cold_start.plot(_records(), out)
+    cold_start.plot(_with_shuffled(_records()), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 

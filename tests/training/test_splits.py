@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from training.data.interactions import from_frame
-from training.data.splits import cold_start_split, leave_one_out
+from training.data.splits import Examples, cold_start_split, leave_one_out
 
 
 def _data():
@@ -100,3 +100,17 @@ def test_cold_start_first_item_is_the_entry_into_the_target_domain() -> None:
 
     with pytest.raises(ValueError, match="'last' or 'first'"):
         split.ranking_examples(cold, target="middle")
+
+
+def test_shuffled_permutes_histories_among_the_same_users_and_targets() -> None:
+    hist = [np.array([i + 1]) for i in range(50)]
+    order = [np.array([i]) for i in range(50)]
+    ex = Examples(np.arange(50), np.arange(50) + 100, [np.zeros(0, np.int64)] * 50, hist, None, order)
+    out = ex.with_shuffled_sources(np.random.default_rng(0))
+    assert np.array_equal(out.users, ex.users) and np.array_equal(out.targets, ex.targets)
+    moved = [int(h[0]) for h in out.source_hist]
+    assert sorted(moved) == list(range(1, 51)) and moved != list(range(1, 51))
+    assert out.source_order is not None
+    assert all(o[0] + 1 == h[0] for o, h in zip(out.source_order, out.source_hist, strict=True))
+    assert [int(h[0]) for h in ex.source_hist] == list(range(1, 51))  # the input is left alone
+

@@ -45,6 +45,16 @@ class Examples:
             None if self.source_order is None else [self.source_order[i] for i in idx],
         )
 
+    def with_shuffled_sources(self, rng: np.random.Generator) -> Examples:
+        """The same users and targets with their source histories (and orders) permuted among them: scored on
+        these, a model that reads something of each user's own history does worse than on the originals."""
+        perm = rng.permutation(len(self))
+        out = self.subset(np.arange(len(self)))
+        out.source_hist = [self.source_hist[i] for i in perm]
+        if self.source_order is not None:
+            out.source_order = [self.source_order[i] for i in perm]
+        return out
+
     def merged_hist(self, source_offset: int) -> list[np.ndarray]:
         """Both domains' histories interleaved in time; source ids shifted by ``source_offset``."""
         assert self.target_order is not None and self.source_order is not None
