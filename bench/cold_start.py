@@ -31,7 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.results import DOCS, data_parser, record, table, update_json, update_markdown
+from bench.results import (
+    DOCS,
+    SHUFFLED,
+    data_parser,
+    ratio_cell,
+    record,
+    table,
+    tested,
+    update_json,
+    update_markdown,
+)
 from training.baselines import CrossCooccurrence, Popularity
 from training.data.loaders import load_art_office, load_douban
 from training.data.splits import cold_start_split
@@ -56,7 +66,6 @@ RANK_METRICS = ("HR@10", "NDCG@10", "MRR")
 # (the issue's "first target-domain item after the source history": entering the target domain), and
 # "last", their last target item from every source item before it (the longest source history)
 TARGETS = ("first", "last")
-SHUFFLED = "test-shuffled"  # records of the test users scored from each other's source histories
 
 
 def rating_bench(root: Path, seeds: list[int], betas: list[float]) -> list[dict[str, Any]]:
@@ -119,11 +128,6 @@ def ranking_bench(root: Path, seeds: list[int], beta: float = 0.2) -> list[dict[
     return records
 
 
-def tested(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records of the test users as they are (not those scored on shuffled source histories)."""
-    return [r for r in records if r.get("split", "test") == "test"]
-
-
 def shuffle_table(records: list[dict[str, Any]]) -> str:
     """Markdown: per cold item and model, NDCG@10 on the test users' own source histories, on shuffled ones, and
     own / shuffled (mean ± std of the per-seed ratios)."""
@@ -134,10 +138,8 @@ def shuffle_table(records: list[dict[str, Any]]) -> str:
         if part != SHUFFLED:
             continue
         own, other = by[(task, model, "test")], by[(task, model, part)]
-        ratios = np.array(own["values"]) / np.array(other["values"])
-        spread = f" ± {ratios.std(ddof=1):.2f}" if len(ratios) > 1 else ""
         lines.append(f"| {task} | {model} | {own['mean']:.4f} ± {own['std']:.4f} | {other['mean']:.4f} ± "
-                     f"{other['std']:.4f} | {ratios.mean():.2f}{spread} |")
+                     f"{other['std']:.4f} | {ratio_cell(own['values'], other['values'])} |")
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from bench.results import DOCS, data_parser, record, update_json, update_markdown
+from bench.results import DOCS, SHUFFLED, data_parser, ratio_cell, record, update_json, update_markdown
 from core.sequence import encode_batch
 from training.baselines import CrossCooccurrence, Popularity, UserKNN
 from training.data.interactions import Interactions
@@ -187,7 +187,7 @@ def run(data: Interactions, seeds: Sequence[int], kinds: Sequence[str] = ("lexic
             valid = split.ranking_examples(split.valid_users, target=cold_item)
             fitted = {name: fit(valid) for name, fit in fits.items()}
             test = split.ranking_examples(split.test_users, target=cold_item)  # built after every choice
-            tests = {"test": test, "test-shuffled": test.with_shuffled_sources(np.random.default_rng([seed, k]))}
+            tests = {"test": test, SHUFFLED: test.with_shuffled_sources(np.random.default_rng([seed, k]))}
             for name, (scorer, settings) in fitted.items():
                 for part, examples in tests.items():
                     result = evaluate_ranking(scorer, examples)
@@ -196,16 +196,10 @@ def run(data: Interactions, seeds: Sequence[int], kinds: Sequence[str] = ("lexic
                 chosen.setdefault((seed, cold_item), {})[name] = settings
             print(f"seed {seed} {cold_item}: " + "  ".join(
                 f"{name} {values[(f'{task}:{cold_item}', name, 'NDCG@10', 'test')][-1]:.4f}"
-                f" (shuffled {values[(f'{task}:{cold_item}', name, 'NDCG@10', 'test-shuffled')][-1]:.4f})"
+                f" (shuffled {values[(f'{task}:{cold_item}', name, 'NDCG@10', SHUFFLED)][-1]:.4f})"
                 for name in fitted) + f"  ({len(test)} users, {time.perf_counter() - start:.0f}s)", flush=True)
     records = [record(BENCH, "art-office", t, m, k, v, split=part) for (t, m, k, part), v in values.items()]
     return records, chosen
-
-
-def _ratio(a: np.ndarray, b: np.ndarray) -> str:
-    """Mean ± std of the per-seed ratios a / b."""
-    ratios = a / b
-    return f"{ratios.mean():.2f}" + (f" ± {ratios.std(ddof=1):.2f}" if len(ratios) > 1 else "")
 
 
 def ratio_table(records: list[dict[str, Any]]) -> str:
@@ -213,18 +207,18 @@ def ratio_table(records: list[dict[str, Any]]) -> str:
     where the records have them, NDCG@10 over the same reader's on shuffled histories (mean ± std of the per-seed
     ratios)."""
     by = {(r["task"], r["model"], r["metric"], r.get("split", "test")): r for r in records}
-    has_shuffled = any(part == "test-shuffled" for *_, part in by)
+    has_shuffled = any(part == SHUFFLED for *_, part in by)
     head = "| cold item | reader | HR@10 | NDCG@10 | NDCG@10 / popularity |"
     lines = [head + (" NDCG@10, own / shuffled history |" if has_shuffled else ""),
              "|---|---|---|---|---|" + ("---|" if has_shuffled else "")]
     for task, model, metric, part in by:
         if metric != "NDCG@10" or part != "test":
             continue
-        own = np.array(by[(task, model, metric, part)]["values"])
+        own = by[(task, model, metric, part)]["values"]
         cells = [f"{by[(task, model, m, part)]['mean']:.4f} ± {by[(task, model, m, part)]['std']:.4f}" for m in METRICS]
-        cells.append(_ratio(own, np.array(by[(task, "popularity", metric, part)]["values"])))
+        cells.append(ratio_cell(own, by[(task, "popularity", metric, part)]["values"]))
         if has_shuffled:
-            cells.append(_ratio(own, np.array(by[(task, model, metric, "test-shuffled")]["values"])))
+            cells.append(ratio_cell(own, by[(task, model, metric, SHUFFLED)]["values"]))
         lines.append(f"| {task.rsplit(':', 1)[1]} | {model} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -250,8 +244,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     tasks = list(dict.fromkeys(t for t, _, _ in by))
     models = [m for m in dict.fromkeys(m for _, m, _ in by) if m != "popularity"]
     panels = [("popularity's", lambda t, m: by[(t, "popularity", "test")])]
-    if any(part == "test-shuffled" for *_, part in by):
-        panels.append(("its own on shuffled histories", lambda t, m: by[(t, m, "test-shuffled")]))
+    if any(part == SHUFFLED for *_, part in by):
+        panels.append(("its own on shuffled histories", lambda t, m: by[(t, m, SHUFFLED)]))
     fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 4), squeeze=False)
     width = 0.8 / len(tasks)
     for ax, (over, base) in zip(axes[0], panels, strict=True):

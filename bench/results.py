@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
@@ -23,6 +25,20 @@ def data_parser(doc: str | None, seeds: Sequence[int] = (0, 1, 2)) -> argparse.A
     p.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
     return p
+
+
+SHUFFLED = "test-shuffled"  # split of records scored on the test users' source histories shuffled among them
+
+
+def tested(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the test users as they are (not those of split ``SHUFFLED``)."""
+    return [r for r in records if r.get("split", "test") == "test"]
+
+
+def ratio_cell(a: Sequence[float], b: Sequence[float]) -> str:
+    """'mean ± std' of the per-seed ratios a / b (no spread for one seed)."""
+    ratios = np.asarray(a, dtype=np.float64) / np.asarray(b, dtype=np.float64)
+    return f"{ratios.mean():.2f}" + (f" ± {ratios.std(ddof=1):.2f}" if len(ratios) > 1 else "")
 
 
 def record(

@@ -113,4 +113,3 @@ def test_shuffled_permutes_histories_among_the_same_users_and_targets() -> None:
     assert out.source_order is not None
     assert all(o[0] + 1 == h[0] for o, h in zip(out.source_order, out.source_hist, strict=True))
     assert [int(h[0]) for h in ex.source_hist] == list(range(1, 51))  # the input is left alone
-
