@@ -8,6 +8,9 @@ Redis Cluster and one MULTI (or script) may touch them together:
 * ``cdrec:{u:<user_id>}:emb:<domain>``: a cached user vector (float32 bytes) and the model version that made it,
   written by the refresh job and used only when that version is the serving one and the user's lists still
   have the fingerprint it was encoded from (format below, ``pack_embedding``);
+* ``cdrec:{u:<user_id>}:ev:<event_id>``: a marker (STRING "1") that ``user_id`` sent an event with that
+  client ``event_id``, set with the event's append (SET NX PX) and expiring after ``redis.event_dedup_s``: a
+  retried event finds it and is not appended twice (``event_key``);
 * ``cdrec:refresh:<domain>:cursor``: the refresh job's resumable SCAN cursor (``refresh_cursor_key``);
 * ``cdrec:items:<domain>``: HASH item id -> text of the items added through ``POST /v1/items``
   (``item_texts_key``), replayed into every bundle the service loads.
@@ -40,6 +43,11 @@ def seq_key(user_id: str, domain: str) -> str:
 def emb_key(user_id: str, domain: str) -> str:
     """The refresh job's cached user vector of ``user_id`` in ``domain``'s item space."""
     return f"{PREFIX}:{user_tag(user_id)}:emb:{domain}"
+
+
+def event_key(user_id: str, event_id: str) -> str:
+    """The dedup marker of ``user_id``'s event ``event_id`` (lives ``redis.event_dedup_s``)."""
+    return f"{PREFIX}:{user_tag(user_id)}:ev:{event_id}"
 
 
 SEQ_MARK: Final = ":seq:"

@@ -8,6 +8,7 @@ edge of the program (CLI, ``create_app``) and pass the section a component needs
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,10 +48,25 @@ class RedisSettings(BaseModel):
     write_timeout_s: float = Field(1.0, gt=0, description="POST /v1/events waits this long for Redis' ack")
     connect_timeout_s: float = Field(0.25, gt=0)
     retry_after_s: float = Field(
-        1.0, ge=0, description="after a failure, requests skip Redis this long (readiness probes still try)"
+        1.0, ge=0, description="once the circuit opened, requests skip Redis this long before one probe request"
     )
     max_connections: int = Field(64, ge=1, description="connection pool size per worker")
     data_dir: Path = Path(".cdrec/redis")
+    # issue 15 (A2): durability of acknowledged events, idempotent events, TTL, the circuit breaker
+    durability: Literal["reply", "fsync"] = Field(
+        "reply",
+        description="an event is acknowledged after Redis' reply (reply) or once it is on Redis' disk (fsync: "
+        "WAITAOF on Redis >= 7.2, else the server must run appendonly yes + appendfsync always; checked at start)",
+    )
+    wait_replicas: int = Field(0, ge=0, description="after event writes, WAIT for this many replicas (0 = none)")
+    user_ttl_s: int | None = Field(
+        None, ge=1, description="expire a user's lists and cached vectors this long after their last event"
+    )
+    event_dedup_s: int = Field(86400, ge=1, description="a repeated (user_id, event_id) within this is a duplicate")
+    breaker_window_s: float = Field(2.0, gt=0, description="the circuit breaker's sliding window of store calls")
+    breaker_min_calls: int = Field(20, ge=1, description="calls in the window before the failure rate counts")
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="failed share of the window that opens it")
+    breaker_refusals: int = Field(5, ge=1, description="consecutive refused connections that open it at once")
 
 
 class ServiceSettings(BaseModel):

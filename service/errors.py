@@ -13,8 +13,8 @@ class ServiceError(HTTPException):
     status = 500
     code = "internal"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(self.status, message)
+    def __init__(self, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(self.status, message, headers)
         self.code = code or type(self).code
         self.message = message
 
@@ -45,6 +45,10 @@ class PayloadTooLarge(ServiceError):
 
 class InvalidRequest(ServiceError):
     status, code = 422, "invalid_request"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
 
 
 class Unavailable(ServiceError):

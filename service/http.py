@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -38,14 +39,14 @@ class ORJSONResponse(JSONResponse):
         return orjson.dumps(content)
 
 
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
+def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> ORJSONResponse:
     return ORJSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if isinstance(exc, ServiceError):
-        return error(exc.status_code, exc.code, exc.message)
+        return error(exc.status_code, exc.code, exc.message, exc.headers)
     code = CODES.get(exc.status_code, "error")
     return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

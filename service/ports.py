@@ -12,7 +12,7 @@ service.text_encoder). ``SequenceStore``, ``Encoder`` and ``ItemIndex`` also hav
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,32 @@ class StoreUnavailable(Exception):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
+        self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class BadKey(StoreUnavailable):
+    """One user's key holds the wrong type (WRONGTYPE): that user's problem, not the store's. The request
+    answers degraded; it never counts towards opening the circuit (service.breaker)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("redis_bad_key", detail)
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """A write was sent but its acknowledgement (or the durability wait after it) did not come: the events may
+    or may not be stored. Retrying with the same ``event_id`` is safe (the store deduplicates)."""
+
+
+class EventRecord(NamedTuple):
+    domain: str
+    item_id: str
+    event_id: str | None = None  # the client's id: a second event with it within the window is a duplicate
+
+
+class Appended(NamedTuple):
+    appended: int
+    duplicates: int
 
 
 class SequenceStore(Protocol):
@@ -41,9 +66,15 @@ class SequenceStore(Protocol):
         absent), still in one round trip."""
         ...
 
-    async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
-        """Append ``events[user][domain]`` (oldest first), keeping the newest ``max_len`` per list, atomically
-        per user; return only once the store acknowledged every write."""
+    async def append(
+        self, events: Mapping[str, Sequence[EventRecord]], max_len: int, domains: Sequence[str] = ()
+    ) -> Appended:
+        """Append each user's events (oldest first) to their domain lists, keeping the newest ``max_len`` per
+        list, atomically per user; an event whose ``event_id`` the user sent within the dedup window is skipped
+        (a duplicate). ``domains``: every domain a user may have a list in (the TTL refresh touches them all).
+        Return only once the store acknowledged every write (and, per its durability setting, made it durable);
+        raise ``OutcomeUnknown`` when that acknowledgement did not come, ``BadKey`` when a user's list is not a
+        list (nothing of that user written)."""
         ...
 
     async def ping(self) -> None: ...

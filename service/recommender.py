@@ -7,30 +7,41 @@ nothing -> popularity, "popular"), and runs the encoder and the index search in 
 loop (onnxruntime and FAISS release the GIL, so the loop keeps serving meanwhile), micro-batched with the
 other requests waiting for it (service.batcher).
 
-Degraded, not down: when the store fails or is slow the answer is popularity flagged ``degraded``; after a
-failure requests skip the store for ``retry_after_s`` (a probe through ``check_store`` ends that early), so a
-dead Redis costs no request its timeout. A user-encoder request also fetches, in the same round trip, the
-refresh job's cached vector (service.refresh) and searches with it, skipping the encoder, when it was made by
-the serving bundle version from the very sequences just read (fingerprint). The bundle is swapped whole
-(``swap``): a request keeps the bundle it started with.
+Degraded, not down: when the store fails or is slow the answer is popularity flagged ``degraded``, for that
+request only; requests skip the store only once the circuit breaker (service.breaker) opened on a failure
+rate or on consecutive refused connections, so a dead Redis costs no request its timeout while one slow read
+costs one request. A wrong-type key degrades its user's requests and never counts against the store. A
+user-encoder request also fetches, in the same round trip, the refresh job's cached vector (service.refresh)
+and searches with it, skipping the encoder, when it was made by the serving bundle version from the very
+sequences just read (fingerprint). The bundle is swapped whole (``swap``): a request keeps the bundle it
+started with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
 from core.redis_keys import FORBIDDEN_IN_IDS, sequence_fingerprint, unpack_embedding
 from service.batcher import Batcher, Ranked
+from service.breaker import BreakerPolicy, CircuitBreaker
 from service.bundle import Catalogue, Graph, ServingBundle
 from service.errors import InvalidRequest, NotFound
-from service.ports import FloatArray, IntArray, ItemIndex, SequenceStore, StoreUnavailable
+from service.ports import (
+    Appended,
+    BadKey,
+    EventRecord,
+    FloatArray,
+    IntArray,
+    ItemIndex,
+    SequenceStore,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("cdrec.service")
 
@@ -73,14 +84,7 @@ class Event:
     user_id: str
     domain: str
     item_id: str
-
-
-@dataclass
-class StoreHealth:
-    up: bool = True
-    skip_until: float = 0.0
-    last_error: str | None = None
-    checked_at: float = field(default_factory=time.monotonic)
+    event_id: str | None = None
 
 
 class Recommender:
@@ -92,12 +96,12 @@ class Recommender:
         limits: Limits | None = None,
         retry_after_s: float = 1.0,
         executor_threads: int = 1,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.bundle = bundle
         self.store = store
         self.limits = limits or Limits()
-        self.retry_after_s = retry_after_s
-        self.health = StoreHealth()
+        self.health = breaker or CircuitBreaker(BreakerPolicy(open_s=retry_after_s))
         self._executor = executor  # None: native calls run inline on the loop (benchmarks only)
         self.batcher = None if executor is None else Batcher(executor, max_inflight=max(1, executor_threads))
 
@@ -171,17 +175,19 @@ class Recommender:
         return Recommendation(items, "similar", b.version)
 
     # -- writes -------------------------------------------------------------------------------------------
-    def validate_events(self, events: Sequence[Event]) -> dict[str, dict[str, list[str]]]:
-        """Group a batch by user and domain (arrival order kept); refuse it whole, naming what is unknown."""
+    def validate_events(self, events: Sequence[Event]) -> dict[str, list[EventRecord]]:
+        """Group a batch by user (arrival order kept); refuse it whole, naming what is unknown."""
         if not events:
             raise InvalidRequest("no events")
         if len(events) > self.limits.max_batch:
             raise InvalidRequest(f"at most {self.limits.max_batch} events per request, got {len(events)}")
         b = self.bundle
-        grouped: dict[str, dict[str, list[str]]] = {}
+        grouped: dict[str, list[EventRecord]] = {}
         for n, e in enumerate(events):
             self.limits.id("user_id", e.user_id)
             self.limits.id("item_id", e.item_id)
+            if e.event_id is not None:
+                self.limits.id("event_id", e.event_id)
             cat = b.catalogues.get(e.domain)
             if cat is None:
                 known = ", ".join(sorted(b.catalogues))
@@ -190,18 +196,21 @@ class Recommender:
                 raise InvalidRequest(
                     f"event {n}: unknown item {e.item_id!r} in domain {e.domain!r} (bundle {b.version})", "unknown_item"
                 )
-            grouped.setdefault(e.user_id, {}).setdefault(e.domain, []).append(e.item_id)
+            grouped.setdefault(e.user_id, []).append(EventRecord(e.domain, e.item_id, e.event_id))
         return grouped
 
-    async def append(self, events: Sequence[Event]) -> int:
-        """Validate, then append every event; return once the store acknowledged them (else StoreUnavailable)."""
+    async def append(self, events: Sequence[Event]) -> Appended:
+        """Validate, then append every event not already stored under its ``event_id``; return once the store
+        acknowledged them (else StoreUnavailable: OutcomeUnknown when they may have been stored)."""
         grouped = self.validate_events(events)
+        b = self.bundle
         try:
-            await self.store.append(grouped, self.bundle.max_len)
+            done = await self.store.append(grouped, b.max_len, sorted(b.catalogues))
         except StoreUnavailable as exc:
             self._failed(exc)
             raise
-        return len(events)
+        self.health.success()
+        return done
 
     async def check_store(self) -> bool:
         """Probe the store now (readiness); a success ends the skip window at once."""
@@ -210,7 +219,7 @@ class Recommender:
         except StoreUnavailable as exc:
             self._failed(exc)
             return False
-        self.health = StoreHealth()
+        self.health.close()
         return True
 
     # -- internals ----------------------------------------------------------------------------------------
@@ -232,7 +241,7 @@ class Recommender:
         self, user_id: str, domains: Sequence[str], emb_domain: str | None = None
     ) -> tuple[dict[str, list[str]], bytes | None]:
         """The user's lists (and, with ``emb_domain``, the refresh job's cached vector) in one round trip."""
-        if not self.health.up and time.monotonic() < self.health.skip_until:
+        if not self.health.allow():
             raise StoreUnavailable("redis_skipped", self.health.last_error or "")
         cached = None
         try:
@@ -243,15 +252,17 @@ class Recommender:
         except StoreUnavailable as exc:
             self._failed(exc)
             raise
-        if not self.health.up:
-            self.health = StoreHealth()
+        self.health.success()
         return seqs, cached
 
     def _failed(self, exc: StoreUnavailable) -> None:
-        if self.health.up:
-            log.warning("sequence store unavailable (%s): answering degraded", exc)
-        now = time.monotonic()
-        self.health = StoreHealth(False, now + self.retry_after_s, str(exc), now)
+        """One failed store call: the request degrades; the breaker decides whether the next ones skip."""
+        if isinstance(exc, BadKey):  # one user's key, not the store: the store answered
+            log.warning("a user key has the wrong type (%s): that user's request answers degraded", exc)
+            self.health.success()
+            return
+        if self.health.failure(exc.reason, exc.detail):
+            log.warning("sequence store failing (%s): skipping it for %.1f s", exc, self.health.policy.open_s)
 
     async def _call(self, fn: Callable[[], Ranked]) -> Ranked:
         if self._executor is None:

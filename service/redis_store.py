@@ -2,15 +2,20 @@
 
 * read: one pipeline of LRANGEs, one per domain the request needs: one round trip, bounded by ``timeout_s``;
   ``read_cached`` adds the GET of the refresh job's cached vector (raw bytes, never decoded) to that pipeline;
-* append: one pipeline holding, per user, ``MULTI; RPUSH; LTRIM; ...; EXEC`` over that user's lists (one hash
-  slot), so each user's append is atomic and a whole batch is still one round trip; the call returns only
-  after Redis acknowledged every EXEC;
+* append: one pipeline holding, per user, ONE call of the ``APPEND_EVENTS`` Lua script (service.append_script:
+  dedup by the client's ``event_id``, RPUSH, LTRIM, the user TTL; all keys under the user's hash tag), so
+  each user's append is atomic, it runs unchanged on Redis Cluster, and a whole batch is still one round trip
+  (EVALSHA; EVAL for the users whose reply was NOSCRIPT); then, per ``redis.durability`` /
+  ``redis.wait_replicas``, WAITAOF or WAIT on the same connection (service.durability). The call returns only
+  after Redis acknowledged every script call (and the wait);
 * item texts (``POST /v1/items``): one EVAL per added batch (``ADD_TEXTS``: checks and HSETs the batch into
   ``cdrec:items:<domain>`` atomically, so two workers racing for one new id cannot both win), one HGETALL per
   domain when a bundle is loaded, one HLEN per domain and watch tick (``ItemTextStore``).
 
 Anything that goes wrong on the way (refused connection, timeout, a reset) surfaces as ``StoreUnavailable``:
-the Recommender answers degraded instead of failing. A stale pooled connection (Redis restarted) is retried
+the Recommender answers degraded instead of failing. A key of the wrong type (WRONGTYPE) is ``BadKey``: one
+user's problem, never counted against Redis. On the write path every failure after the pipeline was sent is
+``OutcomeUnknown``: the events may or may not be stored. A stale pooled connection (Redis restarted) is retried
 once on a fresh one; timeouts are not retried, since their budget is already spent.
 """
 
@@ -25,11 +30,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from core.redis_keys import emb_key, item_texts_key, seq_key
 from core.settings import RedisSettings
-from service.ports import StoreUnavailable
+from service.append_script import APPEND_EVENTS, APPEND_SHA, append_call
+from service.durability import WAIT_SHARE, Durability, server_version, use_waitaof
+from service.ports import Appended, BadKey, EventRecord, OutcomeUnknown, StoreUnavailable
 
 # KEYS[1] = the domain's item text hash; ARGV = id1, text1, id2, text2, ...: when an id already holds ANOTHER text,
 # write nothing and answer those ids with their texts; else write every pair (an id with the same text is a no-op)
@@ -64,32 +71,67 @@ def client_for(url: str, settings: RedisSettings) -> aredis.Redis:
 
 
 class RedisSequenceStore:
-    def __init__(self, client: aredis.Redis, timeout_s: float = 0.05, write_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: aredis.Redis,
+        timeout_s: float = 0.05,
+        write_timeout_s: float = 1.0,
+        *,
+        event_dedup_s: float = 86400.0,
+        user_ttl_s: float | None = None,
+        durability: Durability | None = None,
+    ) -> None:
         self._client = client
         self.timeout_s = timeout_s
         self.write_timeout_s = write_timeout_s
+        self.dedup_ms = max(1, round(event_dedup_s * 1000))
+        self.ttl_ms = 0 if user_ttl_s is None else max(1, round(user_ttl_s * 1000))
+        self.durability = durability or Durability(timeout_ms=max(1, round(write_timeout_s * WAIT_SHARE * 1000)))
+        self._waitaof: bool | None = None  # how ``fsync`` is given, once checked against the server
 
     @classmethod
     def from_url(cls, url: str, settings: RedisSettings) -> RedisSequenceStore:
-        return cls(client_for(url, settings), settings.timeout_s, settings.write_timeout_s)
+        wait_ms = max(1, round(settings.write_timeout_s * WAIT_SHARE * 1000))
+        return cls(
+            client_for(url, settings),
+            settings.timeout_s,
+            settings.write_timeout_s,
+            event_dedup_s=settings.event_dedup_s,
+            user_ttl_s=settings.user_ttl_s,
+            durability=Durability(settings.durability, settings.wait_replicas, wait_ms),
+        )
 
-    async def _run(self, pipe: Any, timeout_s: float) -> list[Any]:
+    async def _run(self, pipe: Any, timeout_s: float, raise_on_error: bool = True) -> list[Any]:
         try:
             async with asyncio.timeout(timeout_s):
-                result: list[Any] = await pipe.execute()
+                result: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
                 return result
         except TimeoutError as exc:
             raise StoreUnavailable("redis_timeout", f"no answer within {timeout_s * 1e3:.0f} ms") from exc
+        except ResponseError as exc:  # the server answered, with an error (OOM, LOADING, READONLY, ...)
+            raise StoreUnavailable("redis_error", str(exc)[:200]) from exc
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("redis_unreachable", type(exc).__name__) from exc
         finally:
             await pipe.reset()
 
+    async def _read_replies(self, pipe: Any) -> list[Any]:
+        """A read pipeline's replies; a WRONGTYPE reply is that user's ``BadKey``, another error the store's."""
+        replies = await self._run(pipe, self.timeout_s, raise_on_error=False)
+        for r in replies:
+            if isinstance(r, ResponseError):
+                if str(r).startswith("WRONGTYPE"):
+                    raise BadKey(str(r)[:200])
+                raise StoreUnavailable("redis_error", str(r)[:200])
+            if isinstance(r, Exception):
+                raise StoreUnavailable("redis_unreachable", type(r).__name__)
+        return replies
+
     async def read(self, user_id: str, domains: Sequence[str]) -> dict[str, list[str]]:
         pipe = self._client.pipeline(transaction=False)
         for domain in domains:
             pipe.lrange(seq_key(user_id, domain), 0, -1)
-        lists = await self._run(pipe, self.timeout_s)
+        lists = await self._read_replies(pipe)
         return dict(zip(domains, lists, strict=True))
 
     async def read_cached(
@@ -99,24 +141,65 @@ class RedisSequenceStore:
         for domain in domains:
             pipe.lrange(seq_key(user_id, domain), 0, -1)
         pipe.execute_command("GET", emb_key(user_id, emb_domain), **{NEVER_DECODE: True})
-        *lists, cached = await self._run(pipe, self.timeout_s)
+        *lists, cached = await self._read_replies(pipe)
         return dict(zip(domains, lists, strict=True)), cached
 
-    async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
+    async def check_durability(self) -> None:
+        """Check once that the server gives ``redis.durability`` (service.durability); ``DurabilityRefused``
+        says what to change. StoreUnavailable when Redis does not answer (checked again before a write)."""
+        if self._waitaof is not None or self.durability.mode == "reply":
+            self._waitaof = False
+            return
         pipe = self._client.pipeline(transaction=False)
-        for user_id, by_domain in events.items():
-            pipe.execute_command("MULTI")
-            for domain, items in by_domain.items():
-                key = seq_key(user_id, domain)
-                pipe.rpush(key, *items)
-                pipe.ltrim(key, -max_len, -1)
-            pipe.execute_command("EXEC")
-        replies = await self._run(pipe, self.write_timeout_s)
-        # per user: OK, QUEUED..., [results]; EXEC answers None if the transaction was aborted
-        failed = [r for r in replies if isinstance(r, Exception)]
-        execs = [r for r in replies if isinstance(r, list)]
-        if failed or len(execs) != len(events) or any(isinstance(x, Exception) for e in execs for x in e):
-            raise StoreUnavailable("redis_write_failed", repr(failed[:1] or execs[:1]))
+        pipe.info("server")
+        pipe.config_get("append*")
+        info, config = await self._run(pipe, self.write_timeout_s)
+        self._waitaof = use_waitaof(self.durability.mode, server_version(info), dict(config))
+
+    async def append(
+        self, events: Mapping[str, Sequence[EventRecord]], max_len: int, domains: Sequence[str] = ()
+    ) -> Appended:
+        if self._waitaof is None:
+            await self.check_durability()  # before anything is written: a refusal leaves nothing behind
+        calls = {u: append_call(u, recs, max_len, domains, self.dedup_ms, self.ttl_ms) for u, recs in events.items()}
+        wait = self.durability.command(bool(self._waitaof))
+        replies = await self._write({u: ("EVALSHA", APPEND_SHA) for u in calls}, calls, wait)
+        per_user = dict(zip(calls, replies, strict=False))
+        missing = {u: ("EVAL", APPEND_EVENTS) for u, r in per_user.items() if isinstance(r, NoScriptError)}
+        if missing:  # the server does not have the script yet (first use, restart, SCRIPT FLUSH): send it whole
+            replies = await self._write(missing, calls, wait)
+            per_user.update(zip(missing, replies, strict=False))
+        appended = duplicates = 0
+        for user, r in per_user.items():
+            if isinstance(r, ResponseError) and str(r).startswith("WRONGTYPE"):
+                raise BadKey(f"user {user!r}: {r}")
+            if isinstance(r, Exception):
+                raise OutcomeUnknown("redis_write_failed", repr(r)[:200])
+            appended, duplicates = appended + int(r[0]), duplicates + int(r[1])
+        if wait is not None and (short := self.durability.short(replies[-1])) is not None:
+            raise OutcomeUnknown("redis_not_durable", short)
+        return Appended(appended, duplicates)
+
+    async def _write(
+        self,
+        how: Mapping[str, tuple[str, str]],
+        calls: Mapping[str, tuple[list[str], list[str | int]]],
+        wait: tuple[str | int, ...] | None,
+    ) -> list[Any]:
+        """One pipeline: a script call per user of ``how`` (command, script or sha), then ``wait``."""
+        pipe = self._client.pipeline(transaction=False)
+        for user, (command, script) in how.items():
+            keys, args = calls[user]
+            pipe.execute_command(command, script, len(keys), *keys, *args)
+        if wait is not None:
+            pipe.execute_command(*wait)
+        try:
+            replies = await self._run(pipe, self.write_timeout_s, raise_on_error=False)
+        except StoreUnavailable as exc:  # sent, maybe executed: only a retry with the same event ids can tell
+            raise OutcomeUnknown(exc.reason, exc.detail) from exc
+        if wait is not None and isinstance(replies[-1], Exception):
+            raise OutcomeUnknown("redis_wait_failed", str(replies[-1])[:200])
+        return replies
 
     async def add_texts(self, domain: str, texts: Mapping[str, str]) -> dict[str, str]:
         pipe = self._client.pipeline(transaction=False)

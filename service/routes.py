@@ -7,6 +7,7 @@ hops to the thread pool. Read routes check an API key only when one is presented
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -18,11 +19,12 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from service.auth import ApiKeys
+from service.durability import DurabilityRefused
 from service.errors import Conflict, Unavailable
 from service.http import ORJSONResponse, json_body, parse_body
 from service.items import ItemAdder, NewItem
 from service.metrics import Metrics
-from service.ports import StoreUnavailable
+from service.ports import BadKey, OutcomeUnknown, StoreUnavailable
 from service.recommender import Event, Recommendation, Recommender
 from service.reloader import BundleManager, ReloadRefused
 from service.schemas import (
@@ -163,11 +165,32 @@ async def events(request: Request, svc: Svc) -> Response:
     else:
         batch = [await parse_body(request, EventIn)]
     try:
-        n = await svc.recommender.append([Event(e.user_id, e.domain, e.item_id) for e in batch])
+        done = await svc.recommender.append([Event(e.user_id, e.domain, e.item_id, e.event_id) for e in batch])
+    except BadKey as exc:
+        raise Conflict(
+            f"{exc.detail}; nothing of that user was stored (other users' events of the batch may have been: retry"
+            " with the same event_id after fixing the key)",
+            "wrong_type_key",
+        ) from exc
+    except OutcomeUnknown as exc:
+        svc.metrics.redis_up.set(0)
+        raise Unavailable(
+            f"events may or may not have been stored ({exc.reason}): retry with the same event_id",
+            "outcome_unknown",
+            _retry_after(svc),
+        ) from exc
     except StoreUnavailable as exc:
         svc.metrics.redis_up.set(0)
-        raise Unavailable(f"events not stored: Redis is unavailable ({exc.reason})", "redis_unavailable") from exc
-    return ORJSONResponse({"accepted": n})
+        raise Unavailable(
+            f"events not stored: Redis is unavailable ({exc.reason})", "redis_unavailable", _retry_after(svc)
+        ) from exc
+    except DurabilityRefused as exc:
+        raise Unavailable(f"events not stored: {exc}", "durability_refused") from exc
+    return ORJSONResponse({"accepted": len(batch), "appended": done.appended, "duplicates": done.duplicates})
+
+
+def _retry_after(svc: Services) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(svc.recommender.health.policy.open_s)))}
 
 
 @writes.post(

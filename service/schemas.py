@@ -29,6 +29,13 @@ class EventIn(_Body):
     domain: str = Field(min_length=1)
     item_id: str = Field(min_length=1)
     ts: float | None = Field(None, ge=0, description="unix seconds (accepted; lists keep arrival order)")
+    event_id: str | None = Field(
+        None,
+        min_length=1,
+        description="the client's id of this event (1..max_id_len characters): an event repeating a (user_id, "
+        "event_id) seen within redis.event_dedup_s (default 24 h) is not appended again but counted as a "
+        "duplicate, so a retry after a 503 or a lost answer is safe",
+    )
 
 
 MAX_ITEM_ID_CHARS = 128
@@ -81,7 +88,9 @@ class SimilarResponse(BaseModel):
 
 
 class EventsResponse(BaseModel):
-    accepted: int
+    accepted: int = Field(description="events in the request, all valid")
+    appended: int = Field(description="events appended to the user lists by this request")
+    duplicates: int = Field(description="events skipped: their (user_id, event_id) was stored before")
 
 
 class ReadyResponse(BaseModel):

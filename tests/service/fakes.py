@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence, Set
 import numpy as np
 
 from service.bundle import Catalogue, Graph, GraphInput, ServingBundle
-from service.ports import FloatArray, IntArray, StoreUnavailable
+from service.ports import Appended, EventRecord, FloatArray, IntArray, StoreUnavailable
 
 
 class FakeStore:
@@ -17,6 +17,7 @@ class FakeStore:
         self.down: str | None = None  # a reason: every call raises StoreUnavailable(reason)
         self.reads = 0
         self.cached: dict[tuple[str, str], bytes] = {}  # (user, domain) -> a packed embedding
+        self.event_ids: set[tuple[str, str]] = set()  # (user, event_id) stored (no expiry: a fake)
 
     def _check(self) -> None:
         if self.down is not None:
@@ -33,13 +34,23 @@ class FakeStore:
         seqs = await self.read(user_id, domains)
         return seqs, self.cached.get((user_id, emb_domain))
 
-    async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
+    async def append(
+        self, events: Mapping[str, Sequence[EventRecord]], max_len: int, domains: Sequence[str] = ()
+    ) -> Appended:
         self._check()
-        for user, by_domain in events.items():
-            for domain, items in by_domain.items():
-                kept = self.lists.setdefault((user, domain), [])
-                kept.extend(items)
+        appended = duplicates = 0
+        for user, records in events.items():
+            for r in records:
+                if r.event_id is not None and (user, r.event_id) in self.event_ids:
+                    duplicates += 1
+                    continue
+                if r.event_id is not None:
+                    self.event_ids.add((user, r.event_id))
+                kept = self.lists.setdefault((user, r.domain), [])
+                kept.append(r.item_id)
                 del kept[:-max_len]
+                appended += 1
+        return Appended(appended, duplicates)
 
     async def ping(self) -> None:
         self._check()

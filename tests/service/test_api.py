@@ -23,7 +23,7 @@ def new_user() -> str:
 def post_events(client: TestClient, events: list[dict[str, str]]) -> None:
     r = client.post("/v1/events", json=events, headers=auth())
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": len(events)}
+    assert r.json() == {"accepted": len(events), "appended": len(events), "duplicates": 0}
 
 
 def recommend(client: TestClient, user: str, k: int = 10, **extra: object) -> dict[str, object]:
@@ -60,7 +60,7 @@ def test_events_are_stored_under_the_documented_key_oldest_first(client: TestCli
 def test_a_single_event_object_is_accepted_as_well_as_a_batch(client: TestClient) -> None:
     user = new_user()
     r = client.post("/v1/events", json={"user_id": user, "domain": "music", "item_id": "m1", "ts": 1.5}, headers=auth())
-    assert r.json() == {"accepted": 1}
+    assert r.json() == {"accepted": 1, "appended": 1, "duplicates": 0}
 
 
 def test_lists_are_trimmed_to_the_bundle_max_len(client: TestClient, redis_server: RedisServer) -> None:

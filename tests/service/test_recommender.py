@@ -96,10 +96,22 @@ def test_store_down_answers_popularity_flagged_degraded() -> None:
     assert "m30" not in [i for i, _ in r.items] and len(r.items) == 4
 
 
-def test_after_a_failure_requests_skip_the_store_until_a_probe_succeeds() -> None:
+def test_one_failed_read_degrades_that_request_only() -> None:
     rec, store = make(retry_after_s=60)
     store.down = "redis_timeout"
-    run(rec.recommend("u", "music", 3))
+    assert run(rec.recommend("u", "music", 3)).degraded
+    store.down = None
+    reads = store.reads
+    r = run(rec.recommend("u", "music", 3))
+    assert not r.degraded and store.reads == reads + 1 and rec.health.up
+
+
+def test_consecutive_refusals_open_the_circuit_until_a_probe_succeeds() -> None:
+    rec, store = make(retry_after_s=60)
+    store.down = "redis_unreachable"
+    for _ in range(rec.health.policy.refusals):
+        run(rec.recommend("u", "music", 3))
+    assert not rec.health.up
     store.down = None
     reads = store.reads
     r = run(rec.recommend("u", "music", 3))
@@ -108,10 +120,11 @@ def test_after_a_failure_requests_skip_the_store_until_a_probe_succeeds() -> Non
     assert not run(rec.recommend("u", "music", 3)).degraded
 
 
-def test_the_store_is_tried_again_once_the_retry_window_is_over() -> None:
+def test_the_store_is_probed_again_once_the_open_window_is_over() -> None:
     rec, store = make(retry_after_s=0.0)
-    store.down = "redis_timeout"
-    run(rec.recommend("u", "music", 3))
+    store.down = "redis_unreachable"
+    for _ in range(rec.health.policy.refusals):
+        run(rec.recommend("u", "music", 3))
     store.down = None
     assert not run(rec.recommend("u", "music", 3)).degraded
 
@@ -165,7 +178,15 @@ def test_events_are_refused_when_the_store_is_down() -> None:
     store.down = "redis_unreachable"
     with pytest.raises(StoreUnavailable):
         run(rec.append([Event("u", "music", "m1")]))
-    assert not rec.health.up
+    assert rec.health.last_error == "redis_unreachable"
+
+
+def test_an_event_repeating_its_event_id_is_counted_as_a_duplicate_not_appended() -> None:
+    rec, store = make()
+    first = run(rec.append([Event("u", "music", "m1", "e1"), Event("u", "music", "m2")]))
+    again = run(rec.append([Event("u", "music", "m1", "e1"), Event("u", "music", "m3", "e3")]))
+    assert (first.appended, first.duplicates, again.appended, again.duplicates) == (2, 0, 1, 1)
+    assert store.lists[("u", "music")] == ["m1", "m2", "m3"]
 
 
 @pytest.mark.parametrize(
