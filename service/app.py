@@ -31,6 +31,7 @@ from service.embedded import EmbeddedRedis
 from service.http import Guard, ORJSONResponse, install_error_handlers
 from service.items import ItemAdder
 from service.metrics import Metrics
+from service.openapi import install_openapi
 from service.ports import StoreUnavailable
 from service.recommender import Limits, Recommender
 from service.redis_store import RedisSequenceStore
@@ -147,6 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=ORJSONResponse,
     )
     app.include_router(router)
+    install_openapi(app, limits, cfg.keys_on_reads)
     install_error_handlers(app)
     app.add_middleware(Guard, metrics=metrics, max_body_bytes=cfg.max_body_bytes)
     return app

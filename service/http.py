@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import CODES, PayloadTooLarge, ServiceError
+from service.errors import CODES, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.metrics import Metrics
 
 log = logging.getLogger("cdrec.service")
@@ -72,9 +72,20 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 M = TypeVar("M", bound=BaseModel)
 
 
+def require_json(request: Request) -> None:
+    """A JSON body must say so: ``Content-Type: application/json`` (parameters allowed), else 415."""
+    sent = request.headers.get("content-type", "")
+    media = sent.split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        shown = repr(sent) if sent else "none"
+        raise UnsupportedMediaType(f"send the body as JSON with Content-Type: application/json (got {shown})")
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
     """``model`` validated straight from the body bytes (pydantic-core's JSON parser); errors answer like
-    FastAPI's own body validation (malformed JSON -> 400, anything else -> 422)."""
+    FastAPI's own body validation (415 without a JSON Content-Type, malformed JSON -> 400, anything else ->
+    422)."""
+    require_json(request)
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -83,7 +94,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI requestBody of a route that parses ``model`` itself (service.routes)."""
-    return {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
+    schema = model.model_json_schema()  # nested models under local $defs: service.openapi hoists them
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -42,8 +42,10 @@ from service.ports import (
     SequenceStore,
     StoreUnavailable,
 )
+from service.schemas import CONTROL
 
 log = logging.getLogger("cdrec.service")
+
 
 Strategy = Literal["gur", "bridge", "popular", "similar"]
 
@@ -65,6 +67,8 @@ class Limits:
             raise InvalidRequest(f"{what} must be 1 to {self.max_id_len} characters long, got {len(value)}")
         if what == "user_id" and FORBIDDEN_IN_IDS & set(value):
             raise InvalidRequest("user_id must not contain '{' or '}'")
+        if CONTROL.search(value):
+            raise InvalidRequest(f"{what} must not contain control characters")
         return value
 
 

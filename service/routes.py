@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter, ValidationError
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from service.auth import ApiKeys
 from service.durability import DurabilityRefused
 from service.errors import Conflict, Unavailable
-from service.http import ORJSONResponse, json_body, parse_body
+from service.http import ORJSONResponse, json_body, parse_body, require_json
 from service.items import ItemAdder, NewItem
 from service.metrics import Metrics
 from service.ports import BadKey, OutcomeUnknown, StoreUnavailable
@@ -72,6 +72,9 @@ async def write_access(request: Request, svc: Svc) -> None:
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)
 }
+# ids may contain "/": the path routes take the rest of the path up to their suffix, so "/v1/users/a/b/cold-start"
+# (or "a%2Fb", percent-encoded) reaches user "a/b"
+ID_IN_PATH = "an id may contain '/': send it raw or percent-encoded (%2F)"
 router = APIRouter(responses=ERRORS)
 reads = APIRouter(dependencies=[Depends(read_access)], responses=ERRORS)
 writes = APIRouter(dependencies=[Depends(write_access)], responses=ERRORS)
@@ -112,9 +115,9 @@ async def recommend(request: Request, svc: Svc) -> Response:
     )
 
 
-@reads.get("/v1/users/{user_id}/cold-start", response_model=ColdStartResponse)
+@reads.get("/v1/users/{user_id:path}/cold-start", response_model=ColdStartResponse, description=ID_IN_PATH)
 async def cold_start(
-    user_id: str, svc: Svc, domain: Annotated[str, Query(min_length=1)], k: Annotated[int, Query()] = 10
+    user_id: str, svc: Svc, domain: Annotated[str, Query(min_length=1)], k: Annotated[int, Query(ge=1)] = 10
 ) -> Response:
     start = time.perf_counter()
     r = await svc.recommender.cold_start(user_id, domain, k)
@@ -132,9 +135,9 @@ async def cold_start(
     )
 
 
-@reads.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
+@reads.get("/v1/items/{item_id:path}/similar", response_model=SimilarResponse, description=ID_IN_PATH)
 async def similar(
-    item_id: str, svc: Svc, domain: Annotated[str, Query(min_length=1)], k: Annotated[int, Query()] = 10
+    item_id: str, svc: Svc, domain: Annotated[str, Query(min_length=1)], k: Annotated[int, Query(ge=1)] = 10
 ) -> Response:
     r = await svc.recommender.similar(item_id, domain, k)
     return ORJSONResponse({"item_id": item_id, "domain": domain, "items": _items(r), "model_version": r.model_version})
@@ -156,6 +159,7 @@ _EVENTS_BODY = {
 )
 async def events(request: Request, svc: Svc) -> Response:
     """One event object or a JSON array of them; answered once Redis acknowledged every one."""
+    require_json(request)
     raw = await request.body()
     if raw.lstrip()[:1] == b"[":
         try:
@@ -249,7 +253,11 @@ async def readyz(svc: Svc) -> Response:
     return ORJSONResponse(body, status_code=200 if up else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition format 0.0.4"}},
+)
 async def metrics(svc: Svc) -> Response:
     return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

@@ -7,31 +7,56 @@ encoded with orjson; these response models document them in the OpenAPI schema a
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# ids: no control characters (C0, DEL, C1); user ids also no braces, which would move the Redis hash tag. The
+# lengths come from Settings (service.max_id_len): Limits checks them and service.openapi writes them in.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f"
+ID_PATTERN = rf"^[^{CONTROL_CHARS}]+$"
+USER_ID_PATTERN = rf"^[^{CONTROL_CHARS}{{}}]+$"
+CONTROL = re.compile(f"[{CONTROL_CHARS}]")
+
+
+def _no_control(value: str) -> str:
+    if CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _user_id(value: str) -> str:
+    if "{" in value or "}" in value:
+        raise ValueError("must not contain '{' or '}' (they would move the user's Redis hash tag)")
+    return _no_control(value)
+
+
+# the pattern is documented; the validators say in words what is wrong
+ItemId = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": ID_PATTERN}), AfterValidator(_no_control)]
+UserId = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": USER_ID_PATTERN}), AfterValidator(_user_id)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `k: true` or `k: "5"` is refused, not read as 1 or 5 (a JSON number may still fill a float field)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RecommendRequest(_Body):
-    user_id: str = Field(min_length=1)
+    user_id: UserId
     domain: str = Field(min_length=1)
     k: int = Field(10, ge=1, description="1..service.max_k")
     exclude_seen: bool = True
-    exclude: list[str] = Field(default_factory=list, description="external item ids never to recommend")
+    exclude: list[ItemId] = Field(default_factory=list, description="external item ids never to recommend")
 
 
 class EventIn(_Body):
-    user_id: str = Field(min_length=1)
+    user_id: UserId
     domain: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
+    item_id: ItemId
     ts: float | None = Field(None, ge=0, description="unix seconds (accepted; lists keep arrival order)")
-    event_id: str | None = Field(
+    event_id: ItemId | None = Field(
         None,
-        min_length=1,
         description="the client's id of this event (1..max_id_len characters): an event repeating a (user_id, "
         "event_id) seen within redis.event_dedup_s (default 24 h) is not appended again but counted as a "
         "duplicate, so a retry after a 503 or a lost answer is safe",
@@ -44,7 +69,7 @@ MAX_ITEMS_PER_REQUEST = 256
 
 
 class ItemIn(_Body):
-    item_id: str = Field(min_length=1, max_length=MAX_ITEM_ID_CHARS, description="a new external item id")
+    item_id: ItemId = Field(max_length=MAX_ITEM_ID_CHARS, description="a new external item id")
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="title and attributes")
 
 
