@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,9 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway redis-server: no persistence, killable and restartable on the same port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra: Sequence[str] = ()) -> None:
         self.port = port or free_port()
+        self.extra = list(extra)  # more redis-server options (later ones win: e.g. --appendonly yes)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +64,7 @@ class RedisServer:
             "",
             "--appendonly",
             "no",
+            *self.extra,
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
