@@ -1,10 +1,10 @@
 """The Redis key layout (DESIGN §5), shared by the service, the refresh job and the demo seeder.
 
 Every key of one user carries the hash tag ``{u:<user_id>}``, so all of a user's keys live in one slot under
-Redis Cluster and one MULTI (or script) may touch them together:
+Redis Cluster and one script call may touch them together (the event append: service.append_script):
 
 * ``cdrec:{u:<user_id>}:seq:<domain>``: LIST of external item ids, oldest first, trimmed to the bundle's
-  ``max_len`` (append = RPUSH + LTRIM in one MULTI);
+  ``max_len`` (append = one Lua script call per user: dedup, RPUSH, LTRIM, optional TTL);
 * ``cdrec:{u:<user_id>}:emb:<domain>``: a cached user vector (float32 bytes) and the model version that made it,
   written by the refresh job and used only when that version is the serving one and the user's lists still
   have the fingerprint it was encoded from (format below, ``pack_embedding``);
