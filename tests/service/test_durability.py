@@ -79,9 +79,10 @@ def test_reply_durability_needs_nothing_of_the_server(service_artifacts: Path, r
 
 
 @pytest.fixture
-def primary_and_replica() -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary = server()
-    replica = server("--replicaof", "127.0.0.1", str(primary.port))
+def primary_and_replica(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    primary = server("--dir", str(tmp_path))
+    (tmp_path / "replica").mkdir()
+    replica = server("--replicaof", "127.0.0.1", str(primary.port), "--dir", str(tmp_path / "replica"))  # its RDB
     try:
         deadline = time.monotonic() + 20
         while primary.client().info("replication").get("connected_slaves", 0) < 1:
