@@ -9,20 +9,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from core.redis_keys import seq_key
-from core.settings import Settings
 from service.app import StartupError, create_app
 from service.durability import Durability, DurabilityRefused, use_waitaof
 from tests.service.conftest import RedisServer, auth, make_settings
-
-
-def with_redis(settings: Settings, **fields: Any) -> Settings:
-    return settings.model_copy(update={"redis": settings.redis.model_copy(update=fields)})
+from tests.service.test_event_ids import with_redis
 
 
 def event(user: str, item: str = "m3") -> dict[str, str]:
