@@ -70,7 +70,11 @@ def test_a_bad_bundle_at_reload_leaves_the_old_one_serving_and_reports_why(
         assert "still serving v1" in error["message"] and "items.music.faiss" in error["message"]
         assert version_served(c) == "v1"
         ready = c.get("/readyz").json()
-        assert ready["ready"] is True and ready["model_version"] == "v1" and "sha256" in ready["reload_error"]
+        assert ready["ready"] is True and ready["model_version"] == "v1" and ready["reload_error"] == "bundle_refused"
+        assert str(root) not in json.dumps(ready)  # no path or library text on the unauthenticated probe
+        status = c.get("/v1/admin/status", headers=auth()).json()  # the detail, behind the key
+        assert "sha256" in status["reload_error"] and status["bundle_path"] == str(root / "v1")
+        assert c.get("/v1/admin/status").status_code == 401
         assert 'cdrec_bundle_reloads_total{result="refused"} 1.0' in c.get("/metrics").text
 
 
