@@ -154,7 +154,7 @@ class ServingBundle:
         return sorted(set(self.encoders) | set(self.bridges))
 
 
-def _fingerprint(m: Manifest, graph: str, tokenizer: str) -> str:
+def text_fingerprint(m: Manifest, graph: str, tokenizer: str) -> str:
     """A text item encoder's identity: the same graph and tokenizer make the same vectors, in any bundle."""
     return m.files[graph].sha256[:16] + m.files[tokenizer].sha256[:8]
 
@@ -212,7 +212,7 @@ def assemble(
     texts = {}
     if open_text is not None:
         texts = {
-            d: TextItems(d, t.index, open_text(bundle, t), t.text_model, _fingerprint(m, t.graph, t.tokenizer))
+            d: TextItems(d, t.index, open_text(bundle, t), t.text_model, text_fingerprint(m, t.graph, t.tokenizer))
             for d, t in m.text_items.items()
         }
     return ServingBundle(m.version, catalogues, encoders, bridges, indexes, similar, m.max_len, bundle, texts)

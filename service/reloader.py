@@ -121,6 +121,9 @@ class BundleManager:
             if target not in (self.serving_path, self._failed_target):
                 with contextlib.suppress(ReloadRefused):  # reported by reload()
                     await self.reload()
+            elif target == self.serving_path and self.last_error is not None:
+                # `current` was put back on the bundle we serve: nothing is refused any more
+                self.last_error = self._failed_target = None
             if self.items is not None:
                 await self._sync_items()
 
