@@ -12,14 +12,15 @@ port. Every scenario runs wrk (``-t1 -c8``, POST /v1/recommend over the seeded u
 
 - ``baseline``: nothing; ``worker_kill``: kill -9 of one worker; ``worker_kill_bad_current``: a corrupt bundle
   published as ``current`` (the watch refuses it), then kill -9 of a worker; ``worker_kill_twice``: a worker
-  killed, its replacement killed as soon as it serves; ``supervisor_kill``: kill -9 of the supervisor (then:
-  are its workers gone?), the server restarted afterwards; ``redis_kill9``: Redis killed, restarted from its
+  killed, its replacement killed as soon as it serves; ``supervisor_kill`` (last): kill -9 of the supervisor, then
+  are its workers gone? ``redis_kill9``: Redis killed, restarted from its
   AOF 2 s later; ``redis_sigstop``: Redis paused 2 s; ``hot_reload``: a new bundle published as ``current``;
   ``bad_bundle``: a corrupt one published; ``restart_20k_items``: 20,000 items added (texts and cached vectors
   written to Redis as POST /v1/items leaves them, without encoding 20k texts here: that would take minutes)
-  then a worker killed: its replacement replays them while wrk runs; then the whole server restarted, timed to
-  ready; ``events_kill9_<durability>_r<n>``: a client posts events (each to a new user) while Redis is killed
-  -9 and restarted from its AOF; 3 rounds per durability setting (``reply``, and ``fsync`` with
+  once both workers hold them, a worker is killed: its replacement replays them while wrk runs; then the whole
+  server is restarted, timed to ready (and, before the items were added, the same restart without them);
+  ``events_kill9_<durability>_r<n>``: a client posts events (each to a new user) while Redis is killed -9 and
+  restarted from its AOF; 3 rounds per durability setting (``reply``, and ``fsync`` with
   ``--appendfsync always`` when this branch's RedisSettings has a ``durability`` field).
 
 Per scenario: requests, non-2xx, refused connections (wrk connect errors), other socket errors (resets and
@@ -314,6 +315,13 @@ class EventPoster(threading.Thread):
                     self.acked.append(user)
 
 
+def _holds(srv: Server, n: int) -> bool:
+    """Whether every worker asked holds ``n`` added items (similar items of one of them answer 200)."""
+    ok = [httpx.get(f"{srv.base}/v1/items/added-{n - 1}/similar", params={"domain": DOMAIN, "k": 1}, timeout=5)
+          .status_code == 200 for _ in range(4)]  # fmt: skip
+    return all(ok)
+
+
 def lost(client: redis.Redis, users: list[str]) -> int:
     pipe = client.pipeline(transaction=False)
     for u in users:
@@ -472,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
                 add(f"events_kill9_{durability}_r{n + 1}", {"requests": poster.sent, "recover_s": recover},
                     acked=len(poster.acked), lost=missing)  # fmt: skip
         if wanted("restart_20k_items"):
+            server.stop()  # the same restart without added items first: what the items add to it
+            add("restart_0_items_full", {"recover_s": server.start()})
             seed_added_items(redis_srv.client(), root, ns.items)
+            wait(lambda: srv.status()["model_version"] and _holds(srv, ns.items), 120, "the workers' item sync")
             r = run_wrk(srv.base, max(ns.duration, 12), kill_worker)
             add("restart_20k_items_worker_kill", r)
             server.stop()

@@ -95,6 +95,23 @@ def test_the_watch_loads_a_new_current_and_skips_a_bad_one(root: Path, redis_ser
         assert c.get("/readyz").json()["reload_error"] is None
 
 
+def test_the_reload_error_clears_when_current_is_put_back_on_the_served_bundle(
+    root: Path, redis_server: RedisServer
+) -> None:
+    with TestClient(create_app(make_settings(root, redis_server.url, watch_s=0.05))) as c:
+        add_version(root, "v6", corrupt="user_encoder.music.onnx")
+        point_current(root, "v6")
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").json()["reload_error"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        point_current(root, "v1")  # the operator rolls `current` back: nothing is refused any more
+        while c.get("/readyz").json()["reload_error"] is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert version_served(c) == "v1"
+
+
 @pytest.mark.parametrize(
     ("damage", "words"),
     [
