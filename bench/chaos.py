@@ -247,19 +247,11 @@ def build_bundle(cache: Path) -> Path:
 
 def publish(root: Path, version: str, corrupt: str | None = None) -> None:
     """``t1`` copied as ``version`` (manifest renamed; ``corrupt`` names a file to damage), made ``current``."""
-    bundle = root / version
-    if not bundle.exists():
-        shutil.copytree(root / "t1", bundle)
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        manifest["version"] = version
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
-        if corrupt is not None:
-            data = bytearray((bundle / corrupt).read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            (bundle / corrupt).write_bytes(bytes(data))
-    tmp = root / ".current-tmp"
-    os.symlink(version, tmp)
-    os.replace(tmp, root / "current")
+    from tests.service.test_reload import add_version, point_current
+
+    if not (root / version).exists():
+        add_version(root, version, corrupt, source="t1")
+    point_current(root, version)
 
 
 def seed_users(client: redis.Redis, items: list[str]) -> None:
@@ -411,28 +403,23 @@ def main(argv: list[str] | None = None) -> int:
             add("worker_kill_bad_current", r, serving=",".join(versions))
             publish(root, "t1")
             wait(lambda: srv.status()["reload_error"] is None, 30, "back on t1")
-        if wanted("redis_kill9"):
+        redis_faults = (("redis_kill9", signal.SIGKILL, None), ("redis_sigstop", signal.SIGSTOP, signal.SIGCONT))
+        for name, fault, heal in redis_faults:
+            if not wanted(name):
+                continue
 
-            def redis_kill() -> float:
+            def redis_fault(fault: int = fault, heal: int | None = heal) -> float:
                 assert redis_srv is not None
-                redis_srv.signal(signal.SIGKILL)
+                redis_srv.signal(fault)
                 time.sleep(2)
                 t = time.monotonic()
-                redis_srv.start()
+                if heal is None:
+                    redis_srv.start()  # from its AOF
+                else:
+                    redis_srv.signal(heal)
                 return serving_again(t)
 
-            add("redis_kill9", run_wrk(srv.base, ns.duration, redis_kill))
-        if wanted("redis_sigstop"):
-
-            def redis_stop() -> float:
-                assert redis_srv is not None
-                redis_srv.signal(signal.SIGSTOP)
-                time.sleep(2)
-                t = time.monotonic()
-                redis_srv.signal(signal.SIGCONT)
-                return serving_again(t)
-
-            add("redis_sigstop", run_wrk(srv.base, ns.duration, redis_stop))
+            add(name, run_wrk(srv.base, ns.duration, redis_fault))
         if wanted("hot_reload"):
 
             def reload() -> float:

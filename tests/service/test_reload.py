@@ -17,10 +17,10 @@ from tests.service.conftest import RedisServer, auth, copy_artifacts, make_setti
 READ = {"user_id": "u-reload", "domain": "music", "k": 3}
 
 
-def add_version(root: Path, version: str, corrupt: str | None = None) -> Path:
-    """Copy v1 as ``version`` (its manifest renamed to match); ``corrupt`` names a file to damage."""
+def add_version(root: Path, version: str, corrupt: str | None = None, source: str = "v1") -> Path:
+    """Copy ``source`` as ``version`` (its manifest renamed to match); ``corrupt`` names a file to damage."""
     bundle = root / version
-    shutil.copytree(root / "v1", bundle)
+    shutil.copytree(root / source, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["version"] = version
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -35,6 +35,12 @@ def point_current(root: Path, version: str) -> None:
     tmp = root / ".current-tmp"
     os.symlink(version, tmp)
     os.replace(tmp, root / "current")
+
+
+def until_reload_error(c: TestClient, deadline: float, present: bool) -> None:
+    while (c.get("/readyz").json()["reload_error"] is not None) != present:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def version_served(c: TestClient) -> str:
@@ -83,9 +89,7 @@ def test_the_watch_loads_a_new_current_and_skips_a_bad_one(root: Path, redis_ser
         add_version(root, "v4", corrupt="user_encoder.music.onnx")
         point_current(root, "v4")
         deadline = time.monotonic() + 10
-        while c.get("/readyz").json()["reload_error"] is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until_reload_error(c, deadline, present=True)
         assert version_served(c) == "v1"
         add_version(root, "v5")
         point_current(root, "v5")
@@ -102,13 +106,9 @@ def test_the_reload_error_clears_when_current_is_put_back_on_the_served_bundle(
         add_version(root, "v6", corrupt="user_encoder.music.onnx")
         point_current(root, "v6")
         deadline = time.monotonic() + 10
-        while c.get("/readyz").json()["reload_error"] is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until_reload_error(c, deadline, present=True)
         point_current(root, "v1")  # the operator rolls `current` back: nothing is refused any more
-        while c.get("/readyz").json()["reload_error"] is not None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until_reload_error(c, deadline, present=False)
         assert version_served(c) == "v1"
 
 
