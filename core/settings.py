@@ -91,6 +91,25 @@ class ServiceSettings(BaseModel):
         default_factory=list, description="keys for /v1/events and /v1/admin/* (none = those routes refuse)"
     )
     keys_on_reads: bool = Field(False, description="also require a key on the read routes")
+    # issue 15 (process supervision, demo key, connection limits)
+    demo: bool = Field(False, description="demo mode: allows the published demo API key (never in production)")
+    keep_alive_s: int = Field(5, ge=1, description="close a keep-alive connection idle this long (uvicorn)")
+    max_header_bytes: int = Field(
+        16384, ge=1024, description="largest incomplete request head buffered (h11 server only)"
+    )
+    limit_concurrency: int | None = Field(
+        2048, ge=1, description="connections + tasks per worker beyond which uvicorn answers 503 at once"
+    )
+    graceful_shutdown_s: int = Field(10, ge=1, description="on stop, close connections still open after this")
+    restart_backoff_s: float = Field(0.5, gt=0, description="first restart delay of a worker that died young")
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="cap of the doubling restart delay")
+    restart_min_uptime_s: float = Field(
+        10.0, ge=0, description="a worker that dies sooner after its start is restarted with a back-off"
+    )
+    start_bundle: Path | None = Field(
+        None, description="start on this bundle directory instead of artifacts/current (set by the supervisor)"
+    )
+    state_dir: Path | None = Field(None, description="the supervisor's state directory (set by the supervisor)")
 
 
 class Settings(BaseSettings):

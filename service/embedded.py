@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.settings import RedisSettings
+
 log = logging.getLogger("cdrec.service")
 
 DB_FILE = "cdrec.rdb"
@@ -28,6 +30,12 @@ class EmbeddedRedis:
         self.data_dir = Path(data_dir)
         self.appendfsync = appendfsync  # "always" gives CDREC_REDIS__DURABILITY=fsync (service.durability)
         self._server: Any = None
+
+    @classmethod
+    def for_settings(cls, settings: RedisSettings) -> EmbeddedRedis:
+        """The embedded server for ``settings``: ``durability = fsync`` needs ``appendfsync always`` (an
+        acknowledged write is on disk before Redis replies; this Redis has no WAITAOF)."""
+        return cls(settings.data_dir, "always" if settings.durability == "fsync" else "everysec")
 
     @property
     def url(self) -> str:

@@ -8,16 +8,23 @@ Each app owns its registry (tests build many apps in one process). With several 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from service.supervision import SupervisorCollector
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, state_dir: Path | None = None) -> None:
+        """``state_dir``: the supervisor's (``cdrec serve --workers N``), whose restart counters are exported."""
+        self.state_dir = state_dir
         self.registry = r = CollectorRegistry(auto_describe=True)
+        if state_dir is not None:
+            r.register(SupervisorCollector(state_dir))
         self.requests = Counter(
             "cdrec_http_requests",
             "HTTP requests by route template, method and status",
@@ -84,5 +91,7 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            if self.state_dir is not None:
+                registry.register(SupervisorCollector(self.state_dir))
             return generate_latest(registry)
         return generate_latest(self.registry)

@@ -130,3 +130,11 @@ class ItemTextStore(Protocol):
     async def count_texts(self, domain: str) -> int:
         """How many items are persisted for ``domain`` (a cheap check for items another worker added)."""
         ...
+
+    async def add_vectors(self, domain: str, fingerprint: str, vectors: Mapping[str, str]) -> None:
+        """Cache item id -> encoded vector (service.items.pack_vector) for the text encoder ``fingerprint``."""
+        ...
+
+    async def read_vectors(self, domain: str, fingerprint: str, ids: Sequence[str]) -> list[str | None]:
+        """The cached encoded vectors of ``ids`` (None where there is none), in order."""
+        ...

@@ -32,7 +32,7 @@ from redis.client import NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from core.redis_keys import emb_key, item_texts_key, seq_key
+from core.redis_keys import emb_key, item_texts_key, item_vectors_key, seq_key
 from core.settings import RedisSettings
 from service.append_script import APPEND_EVENTS, APPEND_SHA, append_call
 from service.durability import WAIT_SHARE, Durability, server_version, use_waitaof
@@ -218,6 +218,20 @@ class RedisSequenceStore:
         pipe.hlen(item_texts_key(domain))
         (n,) = await self._run(pipe, self.timeout_s)
         return int(n)
+
+    async def add_vectors(self, domain: str, fingerprint: str, vectors: Mapping[str, str]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        mapping: dict[Any, Any] = dict(vectors)  # redis-py's Mapping key type is invariant
+        pipe.hset(item_vectors_key(domain, fingerprint), mapping=mapping)
+        await self._run(pipe, self.write_timeout_s)
+
+    async def read_vectors(self, domain: str, fingerprint: str, ids: Sequence[str]) -> list[str | None]:
+        if not ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hmget(item_vectors_key(domain, fingerprint), list(ids))
+        (values,) = await self._run(pipe, self.write_timeout_s)  # a load-time read: the write budget applies
+        return list(values)
 
     async def ping(self) -> None:
         try:

@@ -48,6 +48,7 @@ class BundleManager:
         loader: Callable[[Path], ServingBundle],
         metrics: Metrics,
         items: ItemAdder | None = None,
+        on_serving: Callable[[Path, str], None] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.items = items
@@ -55,7 +56,8 @@ class BundleManager:
         self.loader = loader
         self.metrics = metrics
         self.serving_path = recommender.bundle.path
-        self.last_error: str | None = None
+        self.on_serving = on_serving  # tells the supervisor which bundle this worker serves (service.supervision)
+        self.last_error: str | None = None  # the detail: logs and GET /v1/admin/status, never /readyz
         self._failed_target: Path | None = None
         self._lock = asyncio.Lock()
 
@@ -87,10 +89,18 @@ class BundleManager:
                         self._refused(target, f"{target}: replaying the added items failed: {exc!r}")
                     self.recommender.swap(bundle)
             self.serving_path, self.last_error, self._failed_target = target, None, None
+            if self.on_serving is not None:
+                self.on_serving(target, bundle.version)
             self.metrics.reloads.labels("ok").inc()
             self.metrics.serving(bundle.version, previous)
             log.info("serving bundle %s (was %s)", bundle.version, previous)
             return Reloaded(bundle.version, previous, True)
+
+    @property
+    def error_code(self) -> str | None:
+        """What /readyz shows of the last failed reload: a short code, no path or library text (the detail is
+        in the log and in GET /v1/admin/status, behind the key)."""
+        return None if self.last_error is None else "bundle_refused"
 
     def _refused(self, target: Path | None, message: str) -> NoReturn:
         self.last_error = message
@@ -111,6 +121,9 @@ class BundleManager:
             if target not in (self.serving_path, self._failed_target):
                 with contextlib.suppress(ReloadRefused):  # reported by reload()
                     await self.reload()
+            elif target == self.serving_path and self.last_error is not None:
+                # `current` was put back on the bundle we serve: nothing is refused any more
+                self.last_error = self._failed_target = None
             if self.items is not None:
                 await self._sync_items()
 

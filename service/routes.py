@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -39,7 +40,9 @@ from service.schemas import (
     RecommendResponse,
     ReloadResponse,
     SimilarResponse,
+    StatusResponse,
 )
+from service.supervision import supervisor_state
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Services:
     keys: ApiKeys
     metrics: Metrics
     items: ItemAdder
+    state_dir: Path | None = None  # the supervisor's, under `cdrec serve --workers N` (service.supervision)
 
 
 async def services(request: Request) -> Services:
@@ -248,9 +252,26 @@ async def readyz(svc: Svc) -> Response:
         "ready": up,
         "model_version": svc.recommender.bundle.version,
         "redis": "up" if up else "down",
-        "reload_error": svc.manager.last_error,
+        "reload_error": svc.manager.error_code,
+        # restarts and back-offs of the sibling workers: informative, this worker is ready either way
+        "supervisor": supervisor_state(svc.state_dir),
     }
     return ORJSONResponse(body, status_code=200 if up else 503)
+
+
+@writes.get("/v1/admin/status", response_model=StatusResponse)
+async def admin_status(svc: Svc) -> Response:
+    """What /readyz leaves out: the bundle's path and the full text of the last reload error (key required)."""
+    up = await svc.recommender.check_store()
+    return ORJSONResponse(
+        {
+            "model_version": svc.recommender.bundle.version,
+            "bundle_path": str(svc.manager.serving_path),
+            "redis": "up" if up else "down",
+            "reload_error": svc.manager.last_error,
+            "supervisor": supervisor_state(svc.state_dir),
+        }
+    )
 
 
 @router.get(

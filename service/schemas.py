@@ -8,7 +8,7 @@ encoded with orjson; these response models document them in the OpenAPI schema a
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -122,7 +122,18 @@ class ReadyResponse(BaseModel):
     ready: bool
     model_version: str
     redis: Literal["up", "down"]
+    reload_error: str | None = Field(None, description="a short code (`bundle_refused`); the detail is in "
+                                      "GET /v1/admin/status")
+    supervisor: dict[str, Any] | None = Field(None, description="worker restarts and back-offs (cdrec serve "
+                                              "--workers N); null with one process")
+
+
+class StatusResponse(BaseModel):
+    model_version: str
+    bundle_path: str
+    redis: Literal["up", "down"]
     reload_error: str | None = None
+    supervisor: dict[str, Any] | None = None
 
 
 class ReloadResponse(BaseModel):

@@ -52,6 +52,14 @@ def test_compose_file_declares_the_five_services_and_their_order() -> None:
     assert services["refresh"]["depends_on"]["seed"] == {"condition": "service_completed_successfully"}
 
 
+def test_compose_publishes_the_api_on_loopback_only_and_marks_its_default_key_as_a_demo() -> None:
+    api = _compose()["services"]["api"]
+    assert api["ports"] == ["127.0.0.1:8000:8000"]
+    env = api["environment"]
+    assert "change-me-demo-key" in env["CDREC_SERVICE__API_KEYS"]  # the published key: only with demo mode on
+    assert _interpolate(env["CDREC_SERVICE__DEMO"], {}) == "true"
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
 def test_docker_compose_config_accepts_the_file() -> None:
     proc = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True)

@@ -36,7 +36,9 @@ def recommend(client: TestClient, user: str, k: int = 10, **extra: object) -> di
 def test_readyz_reports_the_bundle_version_and_redis_up(client: TestClient) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"ready": True, "model_version": "v1", "redis": "up", "reload_error": None}
+    assert r.json() == {
+        "ready": True, "model_version": "v1", "redis": "up", "reload_error": None, "supervisor": None
+    }
     assert client.get("/healthz").json() == {"status": "ok"}
 
 

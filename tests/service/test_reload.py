@@ -17,10 +17,10 @@ from tests.service.conftest import RedisServer, auth, copy_artifacts, make_setti
 READ = {"user_id": "u-reload", "domain": "music", "k": 3}
 
 
-def add_version(root: Path, version: str, corrupt: str | None = None) -> Path:
-    """Copy v1 as ``version`` (its manifest renamed to match); ``corrupt`` names a file to damage."""
+def add_version(root: Path, version: str, corrupt: str | None = None, source: str = "v1") -> Path:
+    """Copy ``source`` as ``version`` (its manifest renamed to match); ``corrupt`` names a file to damage."""
     bundle = root / version
-    shutil.copytree(root / "v1", bundle)
+    shutil.copytree(root / source, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["version"] = version
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -35,6 +35,12 @@ def point_current(root: Path, version: str) -> None:
     tmp = root / ".current-tmp"
     os.symlink(version, tmp)
     os.replace(tmp, root / "current")
+
+
+def until_reload_error(c: TestClient, deadline: float, present: bool) -> None:
+    while (c.get("/readyz").json()["reload_error"] is not None) != present:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def version_served(c: TestClient) -> str:
@@ -70,7 +76,11 @@ def test_a_bad_bundle_at_reload_leaves_the_old_one_serving_and_reports_why(
         assert "still serving v1" in error["message"] and "items.music.faiss" in error["message"]
         assert version_served(c) == "v1"
         ready = c.get("/readyz").json()
-        assert ready["ready"] is True and ready["model_version"] == "v1" and "sha256" in ready["reload_error"]
+        assert ready["ready"] is True and ready["model_version"] == "v1" and ready["reload_error"] == "bundle_refused"
+        assert str(root) not in json.dumps(ready)  # no path or library text on the unauthenticated probe
+        status = c.get("/v1/admin/status", headers=auth()).json()  # the detail, behind the key
+        assert "sha256" in status["reload_error"] and status["bundle_path"] == str(root / "v1")
+        assert c.get("/v1/admin/status").status_code == 401
         assert 'cdrec_bundle_reloads_total{result="refused"} 1.0' in c.get("/metrics").text
 
 
@@ -79,9 +89,7 @@ def test_the_watch_loads_a_new_current_and_skips_a_bad_one(root: Path, redis_ser
         add_version(root, "v4", corrupt="user_encoder.music.onnx")
         point_current(root, "v4")
         deadline = time.monotonic() + 10
-        while c.get("/readyz").json()["reload_error"] is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        until_reload_error(c, deadline, present=True)
         assert version_served(c) == "v1"
         add_version(root, "v5")
         point_current(root, "v5")
@@ -89,6 +97,19 @@ def test_the_watch_loads_a_new_current_and_skips_a_bad_one(root: Path, redis_ser
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert c.get("/readyz").json()["reload_error"] is None
+
+
+def test_the_reload_error_clears_when_current_is_put_back_on_the_served_bundle(
+    root: Path, redis_server: RedisServer
+) -> None:
+    with TestClient(create_app(make_settings(root, redis_server.url, watch_s=0.05))) as c:
+        add_version(root, "v6", corrupt="user_encoder.music.onnx")
+        point_current(root, "v6")
+        deadline = time.monotonic() + 10
+        until_reload_error(c, deadline, present=True)
+        point_current(root, "v1")  # the operator rolls `current` back: nothing is refused any more
+        until_reload_error(c, deadline, present=False)
+        assert version_served(c) == "v1"
 
 
 @pytest.mark.parametrize(
