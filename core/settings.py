@@ -51,6 +51,9 @@ class RedisSettings(BaseModel):
     )
     max_connections: int = Field(64, ge=1, description="connection pool size per worker")
     data_dir: Path = Path(".cdrec/redis")
+    cluster: bool = Field(
+        False, description="url names any one node of a Redis Cluster (redis-py's cluster clients are used)"
+    )
 
 
 class ServiceSettings(BaseModel):

@@ -2,9 +2,10 @@
 
 * read: one pipeline of LRANGEs, one per domain the request needs: one round trip, bounded by ``timeout_s``;
   ``read_cached`` adds the GET of the refresh job's cached vector (raw bytes, never decoded) to that pipeline;
-* append: one pipeline holding, per user, ``MULTI; RPUSH; LTRIM; ...; EXEC`` over that user's lists (one hash
-  slot), so each user's append is atomic and a whole batch is still one round trip; the call returns only
-  after Redis acknowledged every EXEC;
+* append: one pipeline (no transaction) holding, per user, one EVAL of ``APPEND`` (RPUSH + LTRIM of each of that
+  user's lists): the keys share the user's hash tag (one slot), so each user's append is atomic on one server and
+  on a Redis Cluster alike (a cluster client cannot run MULTI inside a pipeline), and a batch is still one round
+  trip per server; the call returns only after Redis answered every script;
 * item texts (``POST /v1/items``): one EVAL per added batch (``ADD_TEXTS``: checks and HSETs the batch into
   ``cdrec:items:<domain>`` atomically, so two workers racing for one new id cannot both win), one HGETALL per
   domain when a bundle is loaded, one HLEN per domain and watch tick (``ItemTextStore``).
@@ -12,6 +13,10 @@
 Anything that goes wrong on the way (refused connection, timeout, a reset) surfaces as ``StoreUnavailable``:
 the Recommender answers degraded instead of failing. A stale pooled connection (Redis restarted) is retried
 once on a fresh one; timeouts are not retried, since their budget is already spent.
+
+With ``RedisSettings.cluster`` the client is redis-py's ``redis.asyncio.cluster.RedisCluster`` (the URL names any
+node): its pipelines split by node, every command here touches one slot, and after a failover (connection error,
+MOVED) it reloads the slot map by itself, so the service answers degraded meanwhile and recovers without restart.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
@@ -51,20 +57,43 @@ return taken
 """
 
 
-def client_for(url: str, settings: RedisSettings) -> aredis.Redis:
-    return aredis.Redis.from_url(
-        url,
-        decode_responses=True,  # hiredis decodes in C; the catalogue maps str ids
-        socket_timeout=max(settings.timeout_s, settings.write_timeout_s),
-        socket_connect_timeout=settings.connect_timeout_s,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        max_connections=settings.max_connections,
-        health_check_interval=0,
-    )
+# KEYS = one user's sequence lists (one hash tag, so one slot); ARGV[1] = max_len, then per key: n, item1..itemn.
+# RPUSH then LTRIM each list, inside one script: atomic per user, and runnable on a Redis Cluster
+APPEND = """
+local max_len = tonumber(ARGV[1])
+local at = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  if n > 0 then
+    redis.call('RPUSH', KEYS[k], unpack(ARGV, at + 1, at + n))
+    redis.call('LTRIM', KEYS[k], -max_len, -1)
+  end
+  at = at + n + 1
+end
+return #KEYS
+"""
+
+AsyncRedis = aredis.Redis | AsyncRedisCluster
+
+
+def client_for(url: str, settings: RedisSettings) -> AsyncRedis:
+    """The service's client: one server, or (``settings.cluster``) a Redis Cluster reached through any node."""
+    common: dict[str, Any] = {
+        "decode_responses": True,  # hiredis decodes in C; the catalogue maps str ids
+        "socket_timeout": max(settings.timeout_s, settings.write_timeout_s),
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "max_connections": settings.max_connections,
+        "health_check_interval": 0,
+    }
+    if settings.cluster:
+        # no backoff inside a call: the request budget (asyncio.timeout) bounds it and the caller answers degraded;
+        # after a connection error the client reloads its slot map, which is how a promoted replica is found
+        return AsyncRedisCluster.from_url(url, retry=Retry(NoBackoff(), 1), **common)
+    return aredis.Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **common)
 
 
 class RedisSequenceStore:
-    def __init__(self, client: aredis.Redis, timeout_s: float = 0.05, write_timeout_s: float = 1.0) -> None:
+    def __init__(self, client: AsyncRedis, timeout_s: float = 0.05, write_timeout_s: float = 1.0) -> None:
         self._client = client
         self.timeout_s = timeout_s
         self.write_timeout_s = write_timeout_s
@@ -105,18 +134,15 @@ class RedisSequenceStore:
     async def append(self, events: Mapping[str, Mapping[str, Sequence[str]]], max_len: int) -> None:
         pipe = self._client.pipeline(transaction=False)
         for user_id, by_domain in events.items():
-            pipe.execute_command("MULTI")
-            for domain, items in by_domain.items():
-                key = seq_key(user_id, domain)
-                pipe.rpush(key, *items)
-                pipe.ltrim(key, -max_len, -1)
-            pipe.execute_command("EXEC")
+            keys = [seq_key(user_id, domain) for domain in by_domain]
+            args: list[str | int] = [max_len]
+            for items in by_domain.values():
+                args += [len(items), *items]
+            pipe.eval(APPEND, len(keys), *keys, *args)
         replies = await self._run(pipe, self.write_timeout_s)
-        # per user: OK, QUEUED..., [results]; EXEC answers None if the transaction was aborted
-        failed = [r for r in replies if isinstance(r, Exception)]
-        execs = [r for r in replies if isinstance(r, list)]
-        if failed or len(execs) != len(events) or any(isinstance(x, Exception) for e in execs for x in e):
-            raise StoreUnavailable("redis_write_failed", repr(failed[:1] or execs[:1]))
+        # per user: the number of lists written; an error reply (raise_on_error off) is any other value
+        if len(replies) != len(events) or any(isinstance(r, Exception) for r in replies):
+            raise StoreUnavailable("redis_write_failed", repr([r for r in replies if isinstance(r, Exception)][:1]))
 
     async def add_texts(self, domain: str, texts: Mapping[str, str]) -> dict[str, str]:
         pipe = self._client.pipeline(transaction=False)
