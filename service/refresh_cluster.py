@@ -68,7 +68,6 @@ class ClusterRefreshJob(RefreshJob):
         return sorted(slot for slot, count, done in self._slot_states(pass_id) if count and not done)
 
     def _slot_states(self, pass_id: str) -> Iterator[tuple[int, int, bool]]:
-        self.client.nodes_manager.initialize()  # the slot map as it is now (a failover may have moved slots)
         by_node: dict[str, list[int]] = {}
         for slot in range(SLOTS):
             node = self.client.nodes_manager.get_node_from_slot(slot)

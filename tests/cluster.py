@@ -110,8 +110,13 @@ class RedisClusterServer:
             return next(n for n in self.nodes if n.port == node.port)
 
     def flushall(self) -> None:
-        with self.client() as c:
-            c.flushall(target_nodes=RedisCluster.PRIMARIES)
+        # node by node (RedisCluster's multi-node FLUSHALL left a socket open): masters flush, replicas refuse
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            with node.client() as c:
+                if c.execute_command("ROLE")[0] == "master":
+                    c.flushall()
 
     def stop(self) -> None:
         for node in self.nodes:
