@@ -165,6 +165,11 @@ class RefreshJob:
 
     def _fetch(self, cursor: int, only_stale: bool) -> _Batch:
         """SCAN pages from ``cursor`` until a batch of users is gathered (or the pass ends), then read them."""
+        users, cursor = self.scan_users(cursor)
+        return _Batch(users, cursor, self.read(users, only_stale) if users else [])
+
+    def scan_users(self, cursor: int) -> tuple[list[str], int]:
+        """SCAN pages from ``cursor`` until ~batch_size users are gathered: (users, the cursor after them)."""
         users: list[str] = []
         pattern = seq_pattern(self.domain)
         while True:
@@ -172,8 +177,7 @@ class RefreshJob:
             cursor = int(cursor)
             users += [u for k in keys if (u := user_from_seq_key(str(k), self.domain)) is not None]
             if cursor == 0 or len(users) >= self.batch_size:
-                break
-        return _Batch(users, cursor, self.read(users, only_stale) if users else [])
+                return users, cursor
 
     def read(self, users: list[str], only_stale: bool) -> list[Any]:
         """One pipeline: every list the encoder reads, per user (and the cached vector with ``only_stale``)."""
