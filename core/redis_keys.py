@@ -4,7 +4,7 @@ Every key of one user carries the hash tag ``{u:<user_id>}``, so all of a user's
 Redis Cluster and one MULTI (or script) may touch them together:
 
 * ``cdrec:{u:<user_id>}:seq:<domain>``: LIST of external item ids, oldest first, trimmed to the bundle's
-  ``max_len`` (append = RPUSH + LTRIM in one MULTI);
+  ``max_len`` (append = RPUSH + LTRIM in one Lua script per user, service.redis_store.APPEND);
 * ``cdrec:{u:<user_id>}:emb:<domain>``: a cached user vector (float32 bytes) and the model version that made it,
   written by the refresh job and used only when that version is the serving one and the user's lists still
   have the fingerprint it was encoded from (format below, ``pack_embedding``);
