@@ -18,6 +18,7 @@ Writes docs/results.json (bench "refresh") and a table in docs/results.md.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray engine rows")
     ns = p.parse_args(argv)
+    load_before = os.getloadavg()[0]  # the box is shared: say how busy it was
     torch.set_num_threads(1)
     data = load_data("synthetic")
     target, source = "music", "book"
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"`python -m bench.refresh --users {ns.users} --batch-size {ns.batch_size} --repeats {ns.repeats}`: "
         f"SASRec d 64, 2 layers, length {ns.max_len}; ORT 1 thread; Redis on loopback; medians of {ns.repeats}"
-        + (" (Ray: local, num_cpus=2, actor start included)." if ray_rates else "."),
+        + (" (Ray: local, num_cpus=2, actor start included)" if ray_rates else "")
+        + f"; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs).",
         "",
         "| path | users/s | vs raw |",
         "|---|---:|---:|",
