@@ -54,7 +54,7 @@ class ClusterRefreshJob(RefreshJob):
         pass_id = self.client.get(self.pass_key)
         if not pass_id:
             return 0
-        return sum(1 for _, _, done in self._slot_states(pass_id) if done)
+        return sum(1 for _, _, done in self.slot_states(pass_id) if done)
 
     def open_pass(self, restart: bool) -> str:
         pass_id = None if restart else self.client.get(self.pass_key)
@@ -65,9 +65,10 @@ class ClusterRefreshJob(RefreshJob):
 
     def pending_slots(self, pass_id: str) -> list[int]:
         """Slots holding keys and not yet stored in pass ``pass_id``, in slot order."""
-        return sorted(slot for slot, count, done in self._slot_states(pass_id) if count and not done)
+        return sorted(slot for slot, count, done in self.slot_states(pass_id) if count and not done)
 
-    def _slot_states(self, pass_id: str) -> Iterator[tuple[int, int, bool]]:
+    def slot_states(self, pass_id: str) -> Iterator[tuple[int, int, bool]]:
+        """(slot, keys in it, stored in pass ``pass_id``) of every slot: one pipeline per master."""
         by_node: dict[str, list[int]] = {}
         for slot in range(SLOTS):
             node = self.client.nodes_manager.get_node_from_slot(slot)

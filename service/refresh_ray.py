@@ -69,7 +69,7 @@ class RefreshWorker:
 
 
 def _slot_partitions(job: Any, pass_id: str) -> Iterator[dict[str, Any]]:
-    counts = {slot: count for slot, count, done in job._slot_states(pass_id) if count and not done}
+    counts = {slot: count for slot, count, done in job.slot_states(pass_id) if count and not done}
     part: list[int] = []
     size = 0
     for slot in range(SLOTS):
