@@ -7,7 +7,6 @@ test). Each node keeps its ``nodes.conf`` in a directory of its own under ``root
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
-from tests.service.conftest import free_port, redis_server_binary
+from tests.service.conftest import RedisServer, free_port, redis_server_binary
 
 NODE_TIMEOUT_MS = 1000
 
@@ -28,14 +27,15 @@ def cluster_port() -> int:
             return port
 
 
-class ClusterNode:
+class ClusterNode(RedisServer):
+    """One node: a RedisServer (kill, client) started in cluster mode, its nodes.conf and log in its own dir."""
+
     def __init__(self, root: Path, port: int) -> None:
-        self.port = port
+        super().__init__(port)
         self.dir = root / str(port)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self) -> ClusterNode:  # the cluster waits for all its nodes at once (RedisClusterServer.start)
         cmd = [
             str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
@@ -43,15 +43,7 @@ class ClusterNode:
         ]  # fmt: skip
         with open(self.dir / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_connect_timeout=0.5)
+        return self
 
 
 class RedisClusterServer:
