@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-import redis
 from redis.cluster import RedisCluster
 
 from core.manifest import current_bundle
@@ -21,7 +18,6 @@ from core.redis_keys import (
     refresh_pass_key,
     refresh_slot_key,
     seq_key,
-    unpack_embedding,
 )
 from core.settings import RedisSettings
 from service.bundle import ServingBundle, load_bundle
@@ -204,7 +200,3 @@ def test_item_texts_the_demo_seeder_and_added_items_work_on_a_cluster(
     assert demo_seed(redis_cluster.url, sequences, max_len=5, cluster=True) == 40
     assert rc.lrange(seq_key("d-7", "music"), 0, -1) == [f"m{j}".encode() for j in range(7, 12)]
     assert rc.hlen(item_texts_key("office")) == 2
-
-
-def _unused(*_: Any) -> None:  # keep imports used by type checkers only
-    _ = (np, redis, unpack_embedding)
