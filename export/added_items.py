@@ -23,19 +23,22 @@ from export.text_items import TextGraph
 from export.towers import ExportError, Graph
 
 
-def read_added_items(source: str, domains: list[str]) -> dict[str, dict[str, str]]:
+def read_added_items(source: str, domains: list[str], cluster: bool | None = None) -> dict[str, dict[str, str]]:
     """Items added through the service's ``POST /v1/items``, to fold into a bundle: domain -> id -> text.
 
     ``source`` is the service's Redis (``redis://...``: the ``cdrec:items:<domain>`` hashes, read with the
-    ``redis`` package of the serve extra) or a JSON file of that same mapping."""
+    ``redis`` package of the serve extra) or a JSON file of that same mapping. ``cluster`` (default:
+    ``CDREC_REDIS__CLUSTER``): the URL names a node of a Redis Cluster (each hash is one key, one slot)."""
     if source.startswith(("redis://", "rediss://", "unix://")):
         try:
             import redis
         except ImportError as exc:
             raise ExportError("reading added items from Redis needs the `redis` package (pip install redis)") from exc
+        from core.redis_client import sync_client
         from core.redis_keys import item_texts_key
+        from core.settings import Settings
 
-        client = redis.Redis.from_url(source, decode_responses=True)
+        client = sync_client(source, Settings().redis.cluster if cluster is None else cluster, decode_responses=True)
         try:
             return {d: dict(client.hgetall(item_texts_key(d))) for d in domains}
         except redis.RedisError as exc:

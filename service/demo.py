@@ -162,11 +162,12 @@ def start_redis(out: Path) -> tuple[str, int]:
     return url, proc.pid
 
 
-def seed(url: str, sequences: dict[str, dict[str, list[str]]], max_len: int) -> int:
-    """Every user's lists, replaced whole (a rerun seeds the same state), trimmed to the bundle's max_len."""
-    import redis
+def seed(url: str, sequences: dict[str, dict[str, list[str]]], max_len: int, cluster: bool = False) -> int:
+    """Every user's lists, replaced whole (a rerun seeds the same state), trimmed to the bundle's max_len.
+    ``cluster``: ``url`` names a node of a Redis Cluster (each command touches one user's slot)."""
+    from core.redis_client import sync_client
 
-    client = redis.Redis.from_url(url)
+    client = sync_client(url, cluster)
     pipe = client.pipeline(transaction=False)
     domains = {d for by_domain in sequences.values() for d in by_domain}
     pipe.delete(*(seq_key(NEWCOMER, d) for d in domains))  # the demo's newcomer starts with nothing
@@ -282,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-arg", action="append", default=[], help="passed to `cdrec export` (repeatable)")
     p.add_argument("--redis-url", help="seed: the Redis to load")
     p.add_argument("--artifacts", type=Path, help="seed: the artifacts root (default <out>/artifacts)")
+    p.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=None,
+                   help="seed: --redis-url is a Redis Cluster node (default: CDREC_REDIS__CLUSTER)")
     ns = p.parse_args(argv)
     if ns.action == "down":
         return down(ns.out)
@@ -290,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             print("demo seed: --redis-url is required", file=sys.stderr)
             return 2
         manifest = read_manifest((ns.artifacts or ns.out / "artifacts") / "current")
-        n = seed(ns.redis_url, json.loads((ns.out / "sequences.json").read_text()), manifest.max_len)
+        from core.settings import Settings
+
+        cluster = Settings().redis.cluster if ns.cluster is None else ns.cluster
+        n = seed(ns.redis_url, json.loads((ns.out / "sequences.json").read_text()), manifest.max_len, cluster)
         print(f"seeded {n} users into {ns.redis_url} (max_len {manifest.max_len}, bundle {manifest.version})")
         return 0
     try:

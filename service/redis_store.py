@@ -17,6 +17,10 @@ the Recommender answers degraded instead of failing. A key of the wrong type (WR
 user's problem, never counted against Redis. On the write path every failure after the pipeline was sent is
 ``OutcomeUnknown``: the events may or may not be stored. A stale pooled connection (Redis restarted) is retried
 once on a fresh one; timeouts are not retried, since their budget is already spent.
+
+With ``RedisSettings.cluster`` the client is redis-py's ``redis.asyncio.cluster.RedisCluster`` (the URL names any
+node): its pipelines split by node, every command here touches one slot, and after a failover (connection error,
+MOVED) it reloads the slot map by itself, so the service answers degraded meanwhile and recovers without restart.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
@@ -58,22 +63,29 @@ return taken
 """
 
 
-def client_for(url: str, settings: RedisSettings) -> aredis.Redis:
-    return aredis.Redis.from_url(
-        url,
-        decode_responses=True,  # hiredis decodes in C; the catalogue maps str ids
-        socket_timeout=max(settings.timeout_s, settings.write_timeout_s),
-        socket_connect_timeout=settings.connect_timeout_s,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        max_connections=settings.max_connections,
-        health_check_interval=0,
-    )
+AsyncRedis = aredis.Redis | AsyncRedisCluster
+
+
+def client_for(url: str, settings: RedisSettings) -> AsyncRedis:
+    """The service's client: one server, or (``settings.cluster``) a Redis Cluster reached through any node."""
+    common: dict[str, Any] = {
+        "decode_responses": True,  # hiredis decodes in C; the catalogue maps str ids
+        "socket_timeout": max(settings.timeout_s, settings.write_timeout_s),
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "max_connections": settings.max_connections,
+        "health_check_interval": 0,
+    }
+    if settings.cluster:
+        # no backoff inside a call: the request budget (asyncio.timeout) bounds it and the caller answers degraded;
+        # after a connection error the client reloads its slot map, which is how a promoted replica is found
+        return AsyncRedisCluster.from_url(url, retry=Retry(NoBackoff(), 1), **common)
+    return aredis.Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **common)
 
 
 class RedisSequenceStore:
     def __init__(
         self,
-        client: aredis.Redis,
+        client: AsyncRedis,
         timeout_s: float = 0.05,
         write_timeout_s: float = 1.0,
         *,

@@ -1,6 +1,8 @@
 """`cdrec refresh`: re-encode every user's vector in one domain with the serving bundle, in batches, into Redis.
 
     cdrec refresh --redis-url redis://localhost:6379/0 [--domain music] [--only-stale] [--batch-size 512]
+    cdrec refresh --cluster --redis-url redis://any-node:7000/0      # Redis Cluster: per slot (refresh_cluster)
+    cdrec refresh --engine ray --actors 2 ...                        # partitions on Ray actors (refresh_ray)
 
 What it does, per batch (DESIGN §5, core.redis_keys):
 
@@ -37,6 +39,7 @@ import redis
 from redis.client import NEVER_DECODE
 
 from core.manifest import BundleError, current_bundle
+from core.redis_client import SyncRedis, is_cluster, sync_client
 from core.redis_keys import (
     emb_key,
     pack_embedding,
@@ -96,13 +99,17 @@ class RefreshJob:
         if domain not in bundle.encoders:
             served = ", ".join(sorted(bundle.encoders)) or "none"
             raise ValueError(f"bundle {bundle.version} has no user encoder for {domain!r} (encoders: {served})")
-        self.client = decoding_client(client)
+        self.client = self._decoding(client)
         self.bundle = bundle
         self.domain = domain
         self.graph = bundle.encoders[domain]
         self.reads = self.graph.read_domains()
         self.batch_size = batch_size
         self.cursor_key = refresh_cursor_key(domain)
+
+    @staticmethod
+    def _decoding(client: Any) -> Any:
+        return decoding_client(client)
 
     def stored_cursor(self) -> int:
         raw = self.client.get(self.cursor_key)
@@ -158,6 +165,11 @@ class RefreshJob:
 
     def _fetch(self, cursor: int, only_stale: bool) -> _Batch:
         """SCAN pages from ``cursor`` until a batch of users is gathered (or the pass ends), then read them."""
+        users, cursor = self.scan_users(cursor)
+        return _Batch(users, cursor, self.read(users, only_stale) if users else [])
+
+    def scan_users(self, cursor: int) -> tuple[list[str], int]:
+        """SCAN pages from ``cursor`` until ~batch_size users are gathered: (users, the cursor after them)."""
         users: list[str] = []
         pattern = seq_pattern(self.domain)
         while True:
@@ -165,21 +177,33 @@ class RefreshJob:
             cursor = int(cursor)
             users += [u for k in keys if (u := user_from_seq_key(str(k), self.domain)) is not None]
             if cursor == 0 or len(users) >= self.batch_size:
-                break
-        if not users:
-            return _Batch(users, cursor, [])
+                return users, cursor
+
+    def read(self, users: list[str], only_stale: bool) -> list[Any]:
+        """One pipeline: every list the encoder reads, per user (and the cached vector with ``only_stale``)."""
         pipe = self.client.pipeline(transaction=False)
         for user in users:
             for domain in self.reads:
                 pipe.lrange(seq_key(user, domain), 0, -1)
             if only_stale:
-                pipe.execute_command(  # type: ignore[no-untyped-call]  # raw bytes: the vector is not text
-                    "GET", emb_key(user, self.domain), **{NEVER_DECODE: True}
-                )
-        return _Batch(users, cursor, pipe.execute())
+                # raw bytes: the vector is not text
+                pipe.execute_command("GET", emb_key(user, self.domain), **{NEVER_DECODE: True})
+        replies: list[Any] = pipe.execute()
+        return replies
 
     def _write(self, batch: _Batch, only_stale: bool, stats: RefreshStats) -> None:
-        users, cursor, replies = batch.users, batch.cursor, batch.replies
+        writes = self.encode(batch.users, batch.replies, only_stale, stats)
+        cursor = batch.cursor
+        if cursor == 0:  # the pass is complete: store this batch, then forget the cursor
+            if writes:
+                self.client.mset(writes)
+            self.client.delete(self.cursor_key)
+        else:  # the batch and the cursor after it, atomically
+            writes[self.cursor_key] = str(cursor).encode()
+            self.client.mset(writes)
+
+    def encode(self, users: list[str], replies: list[Any], only_stale: bool, stats: RefreshStats) -> dict[str, bytes]:
+        """``emb_key`` -> packed vector of every user of ``read``'s replies that needs one (counted in ``stats``)."""
         stats.scanned += len(users)
         width = len(self.reads) + (1 if only_stale else 0)
         todo: list[tuple[str, str, dict[str, list[str]]]] = []
@@ -198,14 +222,8 @@ class RefreshJob:
             vectors = encode_users(self.graph, self.bundle, [t[2] for t in todo])
             for (user, fingerprint, _), vector in zip(todo, vectors, strict=True):
                 writes[emb_key(user, self.domain)] = pack_embedding(self.bundle.version, fingerprint, vector)
-        if cursor == 0:  # the pass is complete: store this batch, then forget the cursor
-            if writes:
-                self.client.mset(writes)
-            self.client.delete(self.cursor_key)
-        else:  # the batch and the cursor after it, atomically
-            writes[self.cursor_key] = str(cursor).encode()
-            self.client.mset(writes)
         stats.encoded += len(todo)
+        return writes
 
 
 @dataclass
@@ -213,6 +231,15 @@ class _Batch:
     users: list[str]
     cursor: int  # the SCAN cursor after these users (0: the pass ends with them)
     replies: list[Any]
+
+
+def make_job(client: SyncRedis, bundle: ServingBundle, domain: str, batch_size: int = 512) -> RefreshJob:
+    """The job for ``client``'s kind of Redis: SCAN cursor on one server, per hash slot on a cluster."""
+    if is_cluster(client):
+        from service.refresh_cluster import ClusterRefreshJob
+
+        return ClusterRefreshJob(client, bundle, domain, batch_size)  # type: ignore[arg-type]
+    return RefreshJob(client, bundle, domain, batch_size)  # type: ignore[arg-type]
 
 
 def _parser(s: Settings) -> argparse.ArgumentParser:
@@ -227,6 +254,12 @@ def _parser(s: Settings) -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore a stored cursor: start a new pass")
     p.add_argument("--ort-threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--cluster", action=argparse.BooleanOptionalAction, default=s.redis.cluster,
+        help="the URL names a node of a Redis Cluster: work and write per hash slot (default: CDREC_REDIS__CLUSTER)",
+    )  # fmt: skip
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: partitions over Ray actors")
+    p.add_argument("--actors", type=int, default=2, help="--engine ray: encoder actors (each loads the bundle once)")
     return p
 
 
@@ -247,18 +280,29 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, FileNotFoundError) as exc:
         print(f"cdrec refresh: {exc}", file=sys.stderr)
         return 1
+    if ns.actors < 1:
+        print("cdrec refresh: --actors must be at least 1", file=sys.stderr)
+        return 2
     domains = ns.domain or sorted(bundle.encoders)
-    client = redis.Redis.from_url(ns.redis_url, decode_responses=False)
+    client = sync_client(ns.redis_url, ns.cluster, decode_responses=False)
     try:
         client.ping()
         for domain in domains:
             try:
-                job = RefreshJob(client, bundle, domain, ns.batch_size)
+                job = make_job(client, bundle, domain, ns.batch_size)
             except ValueError as exc:
                 print(f"cdrec refresh: {exc}", file=sys.stderr)
                 return 2
             try:
-                stats = job.run(only_stale=ns.only_stale, restart=ns.restart, progress=not ns.no_progress)
+                if ns.engine == "ray":
+                    from service.refresh_ray import run_on_ray
+
+                    stats = run_on_ray(
+                        job, ns.redis_url, ns.cluster, ns.artifacts, ns.actors, ns.ort_threads,
+                        only_stale=ns.only_stale, restart=ns.restart, progress=not ns.no_progress,
+                    )  # fmt: skip
+                else:
+                    stats = job.run(only_stale=ns.only_stale, restart=ns.restart, progress=not ns.no_progress)
             finally:
                 job.close()
             resumed = f", resumed from cursor {stats.resumed_from}" if stats.resumed_from else ""

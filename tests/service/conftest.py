@@ -98,6 +98,20 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Redis Cluster (3 masters + 3 replicas, tests/cluster.py) for the whole session; never kill its nodes
+    (the failover test starts a cluster of its own)."""
+    from tests.cluster import RedisClusterServer
+
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("redis-cluster")).start()
+    CLUSTER_URLS.add(cluster.url)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def service_data(tmp_path_factory: pytest.TempPathFactory) -> Interactions:
     from training.data.loaders import load
     from training.data.synthetic import generate
@@ -139,6 +153,11 @@ def copy_artifacts(src: Path, dst: Path) -> Path:
     return dst
 
 
+# URLs of the Redis Clusters the tests started (tests/cluster.py): make_settings turns on RedisSettings.cluster for
+# them, so every test written against `redis_server.url` runs unchanged against a cluster (tests/service/test_cluster*)
+CLUSTER_URLS: set[str] = set()
+
+
 # a read budget that a busy CI box cannot blow: a happy-path test answered "degraded" proves nothing; the outage
 # tests pass None, the production default, since that budget is what they exercise
 TEST_READ_TIMEOUT_S = 1.0
@@ -148,7 +167,7 @@ def make_settings(
     artifacts: Path, redis_url: str | None, redis_timeout_s: float | None = TEST_READ_TIMEOUT_S, **service: Any
 ) -> Settings:
     svc = {"artifacts": artifacts, "api_keys": [SecretStr(API_KEY)], "watch_s": 0.0, **service}
-    redis: dict[str, Any] = {"url": redis_url, "retry_after_s": 0.2}
+    redis: dict[str, Any] = {"url": redis_url, "retry_after_s": 0.2, "cluster": redis_url in CLUSTER_URLS}
     if redis_timeout_s is not None:
         redis["timeout_s"] = redis_timeout_s
     return Settings.model_validate({"redis": redis, "service": svc})

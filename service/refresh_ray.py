@@ -1,0 +1,164 @@
+"""`cdrec refresh --engine ray [--actors N]`: the refresh job's partitions encoded by Ray actors.
+
+    pip install -e '.[serve,scale]'
+    cdrec refresh --engine ray --actors 2 --redis-url redis://localhost:6379/0 [--cluster] [--domain music]
+
+The driver (this process) partitions the users and keeps the progress; each actor (``RefreshWorker``) loads the
+bundle and its onnxruntime session ONCE, then per partition reads the users' lists, encodes them as one batch and
+writes the vectors back, with exactly the code of the single-process job (service.refresh / refresh_cluster):
+
+* Redis Cluster: a partition is a run of hash slots of ~``batch_size`` keys; the actor writes each slot's vectors
+  and its ``done`` marker in one MSET (atomic per slot), so a rerun skips the slots already stored;
+* one Redis server: the driver SCANs (keys only) from the stored cursor, a partition is one SCAN range (the users
+  between two cursors); results are taken in submission order and the cursor key is stored after each partition
+  whose vectors (and every earlier one's) are written: a killed job resumes at the first unfinished range.
+
+Actors are created with ``max_restarts`` / ``max_task_retries``: an actor that dies (OOM, node lost, ray.kill) is
+restarted, reloads the bundle, and the partition it held is run again (writes are idempotent: same bytes).
+At most ``2 x actors`` partitions are in flight, so the driver's memory stays bounded whatever the user count.
+
+Why plain actors rather than ``ray.data.map_batches``: the partitions come lazily from a SCAN (or the slot map)
+and are committed in order by the driver; Ray Data would materialise them into Arrow blocks of id lists and
+hides its actors, which the resumability (ordered cursor commits) and the killed-actor test both need to see.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from core.redis_keys import SLOTS
+from service.refresh import RefreshJob, RefreshStats
+
+MAX_RESTARTS = 3
+
+
+class RefreshWorker:
+    """A Ray actor: one bundle, one onnxruntime session, one Redis client; refreshes partitions."""
+
+    def __init__(
+        self, url: str, cluster: bool, artifacts: str, domain: str, batch_size: int, ort_threads: int, version: str
+    ) -> None:
+        from core.manifest import current_bundle
+        from core.redis_client import sync_client
+        from service.bundle import load_bundle
+        from service.refresh import make_job
+
+        bundle = load_bundle(current_bundle(Path(artifacts)), ort_threads=ort_threads, text_items=False)
+        if bundle.version != version:  # a publish between the driver's start and this actor's: never mix versions
+            raise RuntimeError(f"bundle changed under the job: driver {version}, actor {bundle.version}")
+        self.job = make_job(sync_client(url, cluster, decode_responses=False), bundle, domain, batch_size)
+
+    def refresh(self, part: dict[str, Any], only_stale: bool) -> dict[str, Any]:
+        stats = RefreshStats()
+        if "slots" in part:
+            from service.refresh_cluster import ClusterRefreshJob
+
+            assert isinstance(self.job, ClusterRefreshJob)
+            self.job.refresh_slots(part["slots"], part["pass_id"], only_stale, stats)
+        else:
+            users: list[str] = part["users"]
+            writes = self.job.encode(users, self.job.read(users, only_stale) if users else [], only_stale, stats)
+            if writes:
+                self.job.client.mset(writes)
+        return {"stats": {f.name: getattr(stats, f.name) for f in fields(stats)}, "cursor": part.get("cursor")}
+
+
+def _slot_partitions(job: Any, pass_id: str) -> Iterator[dict[str, Any]]:
+    counts = {slot: count for slot, count, done in job.slot_states(pass_id) if count and not done}
+    part: list[int] = []
+    size = 0
+    for slot in range(SLOTS):
+        if slot in counts:
+            part.append(slot)
+            size += counts[slot]
+            if size >= job.batch_size:
+                yield {"slots": part, "pass_id": pass_id}
+                part, size = [], 0
+    if part:
+        yield {"slots": part, "pass_id": pass_id}
+
+
+def _scan_partitions(job: RefreshJob, cursor: int) -> Iterator[dict[str, Any]]:
+    while True:
+        users, cursor = job.scan_users(cursor)
+        yield {"users": users, "cursor": cursor}
+        if cursor == 0:
+            return
+
+
+def run_on_ray(
+    job: RefreshJob,
+    url: str,
+    cluster: bool,
+    artifacts: Path,
+    actors: int = 2,
+    ort_threads: int = 1,
+    only_stale: bool = False,
+    restart: bool = False,
+    progress: bool = True,
+    on_submit: Callable[[list[Any], int], None] | None = None,
+) -> RefreshStats:
+    """One pass (or the rest of one) of ``job``'s domain on ``actors`` Ray actors; ``ray.init`` first if needed.
+    ``on_submit(actors, n)`` runs after the n-th partition is submitted (tests kill an actor there)."""
+    import ray
+    from tqdm import tqdm
+
+    from service.refresh_cluster import ClusterRefreshJob
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    worker_cls = ray.remote(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(RefreshWorker)
+    pool: list[Any] = [
+        worker_cls.remote(url, cluster, str(artifacts), job.domain, job.batch_size, ort_threads, job.bundle.version)
+        for _ in range(actors)
+    ]
+    started = time.perf_counter()
+    if isinstance(job, ClusterRefreshJob):
+        stats = RefreshStats(resumed_from=0 if restart else job.stored_cursor())
+        parts = _slot_partitions(job, job.open_pass(restart))
+    else:
+        stats = RefreshStats(resumed_from=0 if restart else job.stored_cursor())
+        if restart:
+            job.client.delete(job.cursor_key)
+        parts = _scan_partitions(job, stats.resumed_from)
+    bar = tqdm(desc=f"refresh {job.domain} (ray x{actors})", unit=" users", disable=not progress, mininterval=0.5)
+    inflight: deque[Any] = deque()
+    submitted = 0
+    try:
+        for part in parts:
+            inflight.append(pool[submitted % actors].refresh.remote(part, only_stale))
+            submitted += 1
+            if on_submit is not None:
+                on_submit(pool, submitted)
+            while len(inflight) >= 2 * actors:
+                _commit(job, ray.get(inflight.popleft()), stats, bar)
+        while inflight:
+            _commit(job, ray.get(inflight.popleft()), stats, bar)
+        stats.finished = True
+        if isinstance(job, ClusterRefreshJob):
+            job.finish_pass()
+    finally:
+        bar.close()
+        for actor in pool:
+            ray.kill(actor)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _commit(job: RefreshJob, result: dict[str, Any], stats: RefreshStats, bar: Any) -> None:
+    """A partition is stored: count it and (one server) move the cursor past it; results come in order."""
+    part = result["stats"]
+    for name in ("scanned", "encoded", "skipped", "batches"):
+        setattr(stats, name, getattr(stats, name) + part[name])
+    bar.update(part["scanned"])
+    cursor = result["cursor"]
+    if cursor is not None:
+        if cursor == 0:
+            job.client.delete(job.cursor_key)
+        else:
+            job.client.set(job.cursor_key, str(cursor))
