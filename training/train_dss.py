@@ -30,6 +30,7 @@ class DSSArgs(SeqArgs):
     tau: float = 0.1
     lam: float = 0.1
     score: str = "max"
+    assign: str = "item"
     seq2seq_weight: float = 0.2  # 0 = seq2item only
     weight_decay: float = 0.0
     negatives: int = 2048  # 0 = full softmax; >0 = sampled softmax with that many shared negatives
@@ -74,7 +75,7 @@ def train_dss(
     inputs, labels = next_item_pairs(list(split.train_sequences(target).values()), args.max_len)
 
     cfg = DSSConfig(n_target, args.dim, args.layers, args.heads, args.dropout, args.max_len, args.intents,
-                    args.tau, args.lam, args.score)
+                    args.tau, args.lam, args.score, args.assign)
     model = DSS(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scorer = dss_scorer(model, args.max_len)

@@ -63,10 +63,13 @@ class DSSConfig:
     tau: float = 0.1  # temperature of the intent assignment
     lam: float = 0.1  # seq2seq: an intent counts when its presence pi_k exceeds lam in both halves
     score: str = "max"  # "max" | "weighted" over intents
+    assign: str = "item"  # p(k|i) from the cosine of "item" embeddings e_i or of encoder "state"s z_i to c_k
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.assign not in ("item", "state"):
+            raise ValueError(f"assign must be 'item' or 'state', got {self.assign!r}")
         if self.intents < 1:
             raise ValueError(f"intents must be >= 1, got {self.intents}")
 
@@ -86,10 +89,11 @@ class IntentLayer(nn.Module):
         nn.init.zeros_(self.recency.weight)
         self.ln = nn.LayerNorm(cfg.dim)
 
-    def forward(self, z: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, pad: torch.Tensor, route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z: states (B, T, D); pad (B, T); route (B, T, D): the vectors assigned to intents (z or e)."""
         T = z.shape[1]
         assign = torch.softmax(
-            F.normalize(z, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau, dim=-1
+            F.normalize(route, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau, dim=-1
         )  # (B, T, K): p(k|i)
         ar = torch.arange(T, device=z.device)
         dist = ar[:, None] - ar[None, :]  # (T, T): query t minus key i
@@ -121,8 +125,9 @@ class DSS(nn.Module):
     def intents_all(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) -> intents of every prefix (B, T, K, D) and their presence (B, T, K)."""
         pad = seq == 0
-        z = self.encoder(self.item_emb(seq) * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
-        return self.intent(z, pad)
+        e = self.item_emb(seq)  # (B, T, D)
+        z = self.encoder(e * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
+        return self.intent(z, pad, e if self.cfg.assign == "item" else z)
 
     def intents(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) -> the whole history's intents (B, K, D) and presence (B, K)."""
