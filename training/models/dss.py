@@ -210,7 +210,7 @@ def seq2seq_loss(
 def reversed_future(full: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
     """Left-padded rows ``full`` (B, W) and ``cut`` (B,) prefix lengths -> (B, W) left-padded reversed
     futures: row x_1..x_L becomes x_L, ..., x_{cut+1}."""
-    B, W = full.shape
+    W = full.shape[1]
     length = (full != 0).sum(dim=1)  # (B,)
     n_future = length - cut  # (B,)
     col = torch.arange(W, device=full.device)[None, :]  # (1, W)
