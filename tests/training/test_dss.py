@@ -16,7 +16,7 @@ from training import checkpoint, evaluate_cli
 from training import cli as train_cli
 from training.data.interactions import Interactions, from_frame
 from training.data.splits import leave_one_out
-from training.evaluation import evaluate_ranking
+from training.evaluation import diversity_metrics, evaluate_ranking, top_k_items
 from training.models.dss import DSS, DSSConfig, intent_scores, reversed_future, seq2seq_loss
 from training.train_dss import DSSArgs, train_dss
 from training.train_sasrec import SASRecArgs, train_sasrec
@@ -153,3 +153,12 @@ def test_dss_finds_the_minority_intents_item_more_often_than_sasrec() -> None:
     ours, theirs = evaluate_ranking(dss, split.test), evaluate_ranking(sas, split.test)
     assert ours["HR@10"] > theirs["HR@10"] + 0.03, (ours, theirs)
     assert ours["HR@20"] > theirs["HR@20"] + 0.05, (ours, theirs)
+    # diversity against the planted topics: a reference vector per item = its topic's one-hot
+    ids = split.data.item_ids["shop"]  # internal id -> external "i<n>"; topic of i<n> is n // 20
+    vectors = np.zeros((len(ids), 8))
+    vectors[np.arange(1, len(ids)), [int(x[1:]) // 20 for x in ids[1:]]] = 1.0
+    last = np.array([h[-1] for h in split.test.target_hist])
+    div_ours = diversity_metrics(top_k_items(dss, split.test), last, vectors)
+    div_theirs = diversity_metrics(top_k_items(sas, split.test), last, vectors)
+    assert div_ours["ILD@10"] > div_theirs["ILD@10"], (div_ours, div_theirs)
+    assert div_ours["repeat@10"] < div_theirs["repeat@10"], (div_ours, div_theirs)
