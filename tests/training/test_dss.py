@@ -7,15 +7,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from core.sequence import encode_batch
 from training import checkpoint, evaluate_cli
 from training import cli as train_cli
-from training.data.interactions import Interactions, from_frame
 from training.data.splits import leave_one_out
+from training.data.synthetic import planted_intents
 from training.evaluation import diversity_metrics, evaluate_ranking, top_k_items
 from training.models.dss import DSS, DSSConfig, intent_scores, reversed_future, seq2seq_loss
 from training.train_dss import DSSArgs, train_dss
@@ -127,26 +126,9 @@ def test_a_bad_score_option_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "score must be one of" in capsys.readouterr().err
 
 
-def planted_two_intents(n_users: int = 600, n_topics: int = 8, per_topic: int = 20, seed: int = 0) -> Interactions:
-    """Each user has a majority topic (12 items) and a minority topic (4 items, then the held-out one) drawn from
-    ``n_topics`` clusters of ``per_topic`` items, order within a topic random; the history is shuffled except that
-    its 2 most recent items are majority ones, and the last (test) item is the minority topic's next one."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        a, b = rng.choice(n_topics, 2, replace=False)
-        items_b = rng.choice(per_topic, 5, replace=False) + b * per_topic
-        items_a = rng.choice(per_topic, 12, replace=False) + a * per_topic
-        body = np.concatenate([items_b[:4], items_a[:10]])
-        rng.shuffle(body)
-        seq = [*body, *items_a[10:], items_b[4]]
-        rows += [(f"u{u}", f"i{i}", "shop", k) for k, i in enumerate(seq)]
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "domain", "order"])
-    return from_frame(frame, "planted", item_catalog={"shop": [f"i{i}" for i in range(n_topics * per_topic)]})
-
-
 def test_dss_finds_the_minority_intents_item_more_often_than_sasrec() -> None:
-    split = leave_one_out(planted_two_intents(), "shop")
+    data, topics = planted_intents()
+    split = leave_one_out(data, "shop")
     common = {"epochs": 10, "patience": 10, "dim": 32, "layers": 1, "max_len": 16, "lr": 1e-2, "negatives": 0}
     _, _, sas = train_sasrec(split, SASRecArgs(**common))  # type: ignore[arg-type]
     _, _, dss = train_dss(split, DSSArgs(**common))  # type: ignore[arg-type]
@@ -154,9 +136,8 @@ def test_dss_finds_the_minority_intents_item_more_often_than_sasrec() -> None:
     assert ours["HR@10"] > theirs["HR@10"] + 0.03, (ours, theirs)
     assert ours["HR@20"] > theirs["HR@20"] + 0.05, (ours, theirs)
     # diversity against the planted topics: a reference vector per item = its topic's one-hot
-    ids = split.data.item_ids["shop"]  # internal id -> external "i<n>"; topic of i<n> is n // 20
-    vectors = np.zeros((len(ids), 8))
-    vectors[np.arange(1, len(ids)), [int(x[1:]) // 20 for x in ids[1:]]] = 1.0
+    vectors = np.zeros((len(topics), 8))
+    vectors[np.arange(1, len(topics)), topics[1:]] = 1.0
     last = np.array([h[-1] for h in split.test.target_hist])
     div_ours = diversity_metrics(top_k_items(dss, split.test), last, vectors)
     div_theirs = diversity_metrics(top_k_items(sas, split.test), last, vectors)
