@@ -143,3 +143,20 @@ def test_dss_finds_the_minority_intents_item_more_often_than_sasrec() -> None:
     div_theirs = diversity_metrics(top_k_items(sas, split.test), last, vectors)
     assert div_ours["ILD@10"] > div_theirs["ILD@10"], (div_ours, div_theirs)
     assert div_ours["repeat@10"] < div_theirs["repeat@10"], (div_ours, div_theirs)
+
+
+@pytest.mark.parametrize("score", ["max", "weighted"])
+def test_item_loss_is_the_softmax_over_the_intent_scores(score: str) -> None:
+    from torch.nn import functional as F
+
+    from training.models.dss import item_loss
+
+    torch.manual_seed(0)
+    phi, pi, items = torch.randn(5, 3, 4), torch.softmax(torch.randn(5, 3), -1), torch.randn(9, 4)
+    labels = torch.tensor([1, 2, 8, 3, 3])
+    logits = intent_scores(phi, pi, items, score)
+    logits[:, 0] = -1e9
+    torch.testing.assert_close(item_loss(phi, pi, labels, items, score), F.cross_entropy(logits, labels))
+    sampled = item_loss(phi.requires_grad_(), pi, labels, items, score, negatives=4)
+    sampled.backward()
+    assert torch.isfinite(sampled) and phi.grad is not None and torch.isfinite(phi.grad).all()

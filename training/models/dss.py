@@ -46,7 +46,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.models.guru import CausalEncoder
-from training.models.layers import EncoderConfig
+from training.models.layers import EncoderConfig, item_embedding
+from training.models.sasrec import best_dot, softmax_loss
 
 SCORES = ("max", "weighted")
 
@@ -111,10 +112,7 @@ class DSS(nn.Module):
     def __init__(self, cfg: DSSConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        self.item_emb = item_embedding(cfg.n_items, cfg.dim)
         enc = EncoderConfig(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
         self.encoder = CausalEncoder(enc, "transformer")
         self.intent = IntentLayer(cfg)
@@ -151,7 +149,7 @@ def intent_scores(phi: torch.Tensor, pi: torch.Tensor, items: torch.Tensor, scor
     """Intents (M, K, D), presence (M, K), candidates (S, D) -> (M, S): max or pi-weighted over intents."""
     if score == "weighted":  # sum_k pi_k <phi_k, e> = <sum_k pi_k phi_k, e>: one vector
         return (pi[..., None] * phi).sum(dim=1) @ items.T
-    return torch.einsum("mkd,sd->mks", phi, items).amax(dim=1)
+    return best_dot(phi, items)
 
 
 def item_loss(
@@ -163,31 +161,10 @@ def item_loss(
     negatives: int = 0,
     sampler: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """seq2item: cross-entropy of ``labels`` (M,) from intents (M, K, D) over item vectors (N+1, D).
-
-    ``negatives=0``: the full catalogue; otherwise a sampled softmax over the label and that many shared
-    negatives drawn from ``sampler`` with the logQ correction and accidental hits masked (as
-    ``training.models.sasrec.softmax_loss``, whose single vector is replaced by the intent score).
-    """
-    if negatives <= 0 or negatives >= items.shape[0] - 1:
-        logits = intent_scores(phi, pi, items, score)  # (M, N+1)
-        pad = torch.zeros_like(logits[:1], dtype=torch.bool)
-        pad[:, 0] = True  # never predict padding; out of place: amax's backward needs its output
-        logits = logits.masked_fill(pad, -1e9)
-        return F.cross_entropy(logits, labels)
-    if sampler is None:
-        sampler = torch.ones(items.shape[0], device=phi.device)
-        sampler[0] = 0
-        sampler = sampler / sampler.sum()
-    neg = torch.multinomial(sampler, negatives, replacement=True)  # (S,)
-    log_q = torch.log(sampler * negatives + 1e-12)
-    pos = torch.einsum("mkd,md->mk", phi, items[labels])  # (M, K)
-    pos_logit = pos.amax(dim=1) if score == "max" else (pi * pos).sum(dim=1)
-    pos_logit = pos_logit[:, None] - log_q[labels][:, None]  # (M, 1)
-    neg_logit = intent_scores(phi, pi, items[neg], score) - log_q[neg][None, :]  # (M, S)
-    neg_logit = neg_logit.masked_fill(neg[None, :] == labels[:, None], -1e9)
-    logits = torch.cat([pos_logit, neg_logit], dim=1)  # (M, 1 + S)
-    return F.cross_entropy(logits, torch.zeros_like(labels))
+    """seq2item: cross-entropy of ``labels`` (M,) from intents (M, K, D) over item vectors (N+1, D): SASRec's
+    (sampled) softmax with the intent score in place of one vector's dot product (``softmax_loss``)."""
+    h = (pi[..., None] * phi).sum(dim=1) if score == "weighted" else phi  # (M, D) | (M, K, D)
+    return softmax_loss(h, labels, items, negatives, sampler)
 
 
 def seq2seq_loss(
