@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = comparisons(records) + [x for m in DIVERSITY[:2] for x in comparisons(records, m) if "dss" in x]
     md += "\n\n" + "\n".join(lines) if lines else ""
     print(md)
+    # with --keep, rows of earlier runs may have other seed counts: say so rather than one wrong number
+    counts = sorted({int(r["seeds"]) for r in records})
+    seeds_text = f"{counts[0]} seeds" if len(counts) == 1 else (
+        "the seeds of each row's run (" + " or ".join(map(str, counts)) + "; ± 0.0000 is one seed)")
     update_json(BENCH, records)
     plot(records, DOCS / "quality.png")
     update_markdown(BENCH, f"""## Next-item recommendation, Amazon Art-Office (bench `quality`)
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 {how}
 
 Leave-one-out in time order per target domain; test metrics over the full target catalogue (history items
-excluded), mean ± std over {len(ns.seeds)} seeds; `epoch_s` is train time per epoch.
+excluded), mean ± std over {seeds_text}; `epoch_s` is train time per epoch.
 
 {md}
 
