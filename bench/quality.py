@@ -1,10 +1,14 @@
 """Next-item quality on Amazon Art-Office, both target domains: `make bench-quality`.
 
-    python -m bench.quality --data-root ../shared/data [--seeds 0 1 2] [--models popularity sasrec ...]
+    python -m bench.quality --data-root ../shared/data [--seeds 0 1 2] [--models popularity sasrec ...] [--diversity]
 
 For each target domain and seed: leave-one-out split, train each model with early stopping on validation
 NDCG@10, report test HR@10 / NDCG@10 / MRR (mean ± std over seeds) and train time per epoch. Writes
 docs/results.json (bench "quality") and the table + a bar chart into docs/results.md.
+
+``--diversity`` adds ILD@10, coverage@10 and repeat@10 (training/evaluation.py) to the rows of popularity,
+SASRec and DSS, against one reference for every model: the items' all-MiniLM-L6-v2 sentence vectors
+(computed once and cached, `python -m training.data.text --data ../shared/data/amazon_art_office_urllm`).
 """
 
 from __future__ import annotations
@@ -20,35 +24,61 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.results import DOCS, data_parser, record, table, update_json, update_markdown
 from training.baselines import Popularity
 from training.data.loaders import load_art_office
 from training.data.splits import NextItemSplit, leave_one_out
-from training.evaluation import evaluate_ranking
+from training.evaluation import ScoreFn, diversity_metrics, evaluate_ranking, top_k_items
 from training.train_sasrec import SASRecArgs, train_sasrec
 
 BENCH, DATASET = "quality", "art-office"
 METRICS = ("HR@10", "NDCG@10", "MRR")
+DIVERSITY = ("ILD@10", "coverage@10", "repeat@10")
 
 Runner = Callable[[NextItemSplit, int], tuple[dict[str, float], float]]  # -> test metrics, epoch seconds
+
+
+_DIVERSITY_ON = False  # set in each worker by run_task (--diversity)
+
+
+def test_metrics(score_fn: ScoreFn, split: NextItemSplit) -> dict[str, float]:
+    """Test ranking metrics, plus the diversity of the top 10 when --diversity is on."""
+    out = evaluate_ranking(score_fn, split.test)
+    if _DIVERSITY_ON:
+        from training.data.text import item_text_vectors
+
+        vectors = item_text_vectors(split.data, split.target, progress=False)
+        last = [h[-1] if len(h) else 0 for h in split.test.target_hist]
+        out.update(diversity_metrics(top_k_items(score_fn, split.test), np.asarray(last, np.int64), vectors))
+    return out
 
 
 def run_popularity(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
     start = time.perf_counter()
     pop = Popularity(split.train, split.target, split.data.n_items(split.target))
     fit_s = time.perf_counter() - start  # "training" is one count over the train frame
-    return evaluate_ranking(pop.score, split.test), fit_s
+    return test_metrics(pop.score, split), fit_s
 
 
 def sasrec_runner(merged: bool) -> Runner:
     def run(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
         args = SASRecArgs(seed=seed, epochs=40, patience=4, dropout=0.5)
         _, result, scorer = train_sasrec(split, args, merged=merged)
-        return evaluate_ranking(scorer, split.test), result.epoch_s
+        return test_metrics(scorer, split), result.epoch_s
 
     return run
+
+
+def run_dss(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
+    from training.train_dss import DSSArgs, train_dss
+
+    # SASRec's bench settings (dropout 0.5, patience 4), so the rows differ by the model alone
+    args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5)
+    _, result, scorer = train_dss(split, args)
+    return test_metrics(scorer, split), result.epoch_s
 
 
 def runners() -> dict[str, Runner]:
@@ -56,6 +86,7 @@ def runners() -> dict[str, Runner]:
         "popularity": run_popularity,
         "sasrec": sasrec_runner(False),
         "sasrec-merged": sasrec_runner(True),
+        "dss": run_dss,
     }
     try:  # the cross-domain rows (GUR, CDSRec and its ablations), when that part is installed
         from bench.cross_domain import cross_domain_runners
@@ -70,8 +101,12 @@ def _split(root: Path, target: str) -> NextItemSplit:
     return leave_one_out(load_art_office(root / "amazon_art_office_urllm"), target)
 
 
-def run_task(root: Path, target: str, model: str, seed: int, threads: int) -> tuple[dict[str, float], float]:
+def run_task(
+    root: Path, target: str, model: str, seed: int, threads: int, diversity: bool = False
+) -> tuple[dict[str, float], float]:
     """One (target, model, seed) cell, in a worker process with its own torch threads."""
+    global _DIVERSITY_ON
+    _DIVERSITY_ON = diversity
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     return runners()[model](_split(root, target), seed)
@@ -121,7 +156,8 @@ def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[st
     return sorted(records, key=lambda r: (r["task"], rank.get(r["model"], len(rank))))
 
 
-COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"))
+COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"),
+            ("dss", "sasrec"))
 
 
 def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[str]:
@@ -144,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=None, help="default: every model available")
     p.add_argument("--jobs", type=int, default=2, help="cells trained side by side (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--diversity", action="store_true", help="add ILD@10, coverage@10, repeat@10 (see above)")
     p.add_argument("--keep", action="store_true",
                    help="keep the recorded rows of models not run now (rerun some rows, keep the table)")
     ns = p.parse_args(argv)
@@ -158,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     # independent cells run side by side, one torch thread each: on 2 cores that beats 2 threads per model
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=ns.jobs, mp_context=ctx) as pool:
-        futures = {task: pool.submit(run_task, ns.data_root, *task, ns.threads) for task in tasks}
+        futures = {task: pool.submit(run_task, ns.data_root, *task, ns.threads, ns.diversity) for task in tasks}
         results = {}
         for (target, model, seed), fut in futures.items():
             metrics, epoch_s = results[(target, model, seed)] = fut.result()
@@ -168,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     for target in ns.targets:
         for model in models:
             cells = [results[(target, model, seed)] for seed in ns.seeds]
-            for m in METRICS:
-                records.append(record(BENCH, DATASET, f"target={target}", model, m, [c[0][m] for c in cells]))
+            for m in (*METRICS, *DIVERSITY):
+                if all(m in c[0] for c in cells):  # diversity: only with --diversity, for the models that have it
+                    records.append(record(BENCH, DATASET, f"target={target}", model, m, [c[0][m] for c in cells]))
             records.append(record(BENCH, DATASET, f"target={target}", model, "epoch_s", [c[1] for c in cells]))
     minutes = (time.perf_counter() - wall) / 60
     command = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -179,10 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         records = order_like(kept_records(set(ns.targets), set(models)) + records, list(available))
         lines = [*previous_commands(), run_line]
         how = "Commands (the rows of a later run replace an earlier run's):\n" + "\n".join(f"- {x}" for x in lines)
-    md = table(records, [*METRICS, "epoch_s"])
-    lines = comparisons(records)
+    shown = [*METRICS, *(m for m in DIVERSITY if any(r["metric"] == m for r in records)), "epoch_s"]
+    md = table(records, shown)
+    lines = comparisons(records) + [x for m in DIVERSITY[:2] for x in comparisons(records, m) if "dss" in x]
     md += "\n\n" + "\n".join(lines) if lines else ""
     print(md)
+    # with --keep, rows of earlier runs may have other seed counts: say so rather than one wrong number
+    counts = sorted({int(r["seeds"]) for r in records})
+    seeds_text = f"{counts[0]} seeds" if len(counts) == 1 else (
+        "the seeds of each row's run (" + " or ".join(map(str, counts)) + "; ± 0.0000 is one seed)")
     update_json(BENCH, records)
     plot(records, DOCS / "quality.png")
     update_markdown(BENCH, f"""## Next-item recommendation, Amazon Art-Office (bench `quality`)
@@ -190,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 {how}
 
 Leave-one-out in time order per target domain; test metrics over the full target catalogue (history items
-excluded), mean ± std over {len(ns.seeds)} seeds; `epoch_s` is train time per epoch.
+excluded), mean ± std over {seeds_text}; `epoch_s` is train time per epoch.
 
 {md}
 

@@ -12,6 +12,7 @@ Examples:
         --guru-checkpoint runs/gur.office.pt        (or --pretrain-epochs N: train GURU first)
     cdrec train unisrec --data ../shared/data/amazon_art_office_urllm --target-domain office \
         --variant inductive --pretrain-domain art
+    cdrec train dss --data ../shared/data/amazon_art_office_urllm --target-domain office --intents 4
 
 Settings from the environment (core.settings): a ``CDREC_TRAIN__<FIELD>`` that is set (epochs, patience,
 batch_size, lr, dim, layers, heads, dropout, seed, threads; out_dir for ``--out``) or ``CDREC_DATA__MAX_LEN``
@@ -70,7 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     from training.train_unisrec import add_unisrec_parser
 
     add_unisrec_parser(sub)
+    _add_dss_parser(sub)
     return parser
+
+
+def _add_dss_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from training.train_dss import DSSArgs
+
+    p = sub.add_parser("dss", help="DSS: K intent vectors per user, seq2item + latent seq2seq training")
+    p.add_argument("--data", required=True, help="a data path (see `cdrec data stats`) or `synthetic`")
+    p.add_argument("--target-domain", required=True)
+    p.add_argument("--out", type=Path, default=Path("runs"), help="checkpoint directory")
+    _add_dataclass_args(p, DSSArgs)
+
+
+def _train_dss(ns: argparse.Namespace, split: NextItemSplit) -> dict[str, object]:
+    from training.train_dss import DSSArgs, train_dss
+
+    out = ns.out / f"dss.{ns.target_domain}.pt"
+    _, result, scorer = train_dss(split, _ns_to(DSSArgs, ns), out)  # type: ignore[arg-type]
+    return {"model": "dss", "checkpoint": str(out), "best_epoch": result.best_epoch,
+            "epoch_s": round(result.epoch_s, 2), "valid": result.valid, "test": evaluate_ranking(scorer, split.test)}
 
 
 def settings_defaults(settings: Settings) -> dict[str, object]:
@@ -231,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(json.dumps(cli_report(ns, split), indent=2))
         except (ValueError, FileNotFoundError) as exc:
+            print(f"cdrec train: {exc}", file=sys.stderr)
+            return 2
+    elif ns.model == "dss":
+        try:
+            print(json.dumps(_train_dss(ns, split), indent=2))
+        except ValueError as exc:  # e.g. a --score that is not max or weighted
             print(f"cdrec train: {exc}", file=sys.stderr)
             return 2
     elif ns.model in ("guru", "cdsrec"):

@@ -4,7 +4,8 @@
     cdrec evaluate --model popularity --data synthetic --target-domain music
 
 Checkpoints of the next-item models: SASRec (``sasrec``, ``sasrec-merged``), GURU (``gur``), CDSRec (``cdsrec``,
-``cdsrec-noadv``, ``cdsrec-lstm``) and fine-tuned UniSRec (``unisrec-inductive``, ``unisrec-transductive``), on
+``cdsrec-noadv``, ``cdsrec-lstm``), DSS (``dss``: max or weighted over its K intent vectors, as trained) and
+fine-tuned UniSRec (``unisrec-inductive``, ``unisrec-transductive``), on
 the leave-one-out split they were trained on. Cold-start bridges are scored on their own split by
 ``cdrec train bridge``, which reports valid and test.
 """
@@ -36,12 +37,16 @@ def scorer_for(model: torch.nn.Module, meta: dict[str, Any], n_target: int) -> C
     if "beta" in meta:  # only the cold-start trainers record the share of users they made cold
         raise ValueError(f"{name!r} is a cold-start bridge: `cdrec train bridge` scores it on its cold-start split")
     known = {"sasrec", "sasrec-merged", "gur", "cdsrec", "cdsrec-noadv", "cdsrec-lstm", "unisrec-inductive",
-             "unisrec-transductive"}
+             "unisrec-transductive", "dss"}
     if name not in known:
         raise ValueError(f"cdrec evaluate does not know model {name!r} (it scores {', '.join(sorted(known))})")
     max_len = int(model.cfg.max_len)  # type: ignore[union-attr]
     if name.startswith("sasrec"):
         return sasrec_scorer(model, max_len, n_target, bool(meta.get("merged")))  # type: ignore[arg-type]
+    if name == "dss":
+        from training.train_dss import dss_scorer
+
+        return dss_scorer(model, max_len)  # type: ignore[arg-type]
     if name.startswith("unisrec"):
         return unisrec_scorer(model, max_len)  # type: ignore[arg-type]
     return two_domain_scorer(model, max_len, n_target)  # GURU and CDSRec: (target_seq, source_seq) towers

@@ -6,6 +6,12 @@ no credit). Items of the user's target-domain history are excluded from the rank
 seen items, except the target itself (a repeated purchase is still a correct prediction).
 
 HR@k = 1[rank < k], NDCG@k = 1[rank < k] / log2(rank + 2), MRR = 1 / (rank + 1), with rank 0-based.
+
+Diversity of the top-k lists (``top_k_items`` excludes every history item, as the service's seen filter does),
+against ONE fixed reference for all models, the items' sentence vectors (``diversity_metrics``):
+intra-list diversity ``ILD@k`` = mean over users of 1 - mean pairwise cosine of the list's items;
+``coverage@k`` = distinct items in all lists / catalogue size; ``repeat@k`` = the share of a list that lies
+among the ``neighbours`` nearest items (cosine) of the user's last history item (users with a history only).
 """
 
 from __future__ import annotations
@@ -20,16 +26,21 @@ from training.data.splits import Examples
 ScoreFn = Callable[[Examples], torch.Tensor]  # examples -> (B, n_items + 1) scores, column 0 = padding
 
 
-def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence[np.ndarray]) -> torch.Tensor:
-    """0-based rank of each target among eligible items. scores (B, N+1), targets (B,)."""
-    scores = scores.detach().float().clone()
+def mask_history(scores: torch.Tensor, exclude: Sequence[np.ndarray]) -> None:
+    """In place: column 0 (padding) and each row's ``exclude`` items to -inf. scores (B, N+1)."""
     scores[:, 0] = -torch.inf
-    target_scores = scores.gather(1, targets.view(-1, 1))  # (B, 1)
     counts = [len(items) for items in exclude]
     if sum(counts):  # one scatter for the whole batch instead of a Python loop over rows
         rows = torch.repeat_interleave(torch.arange(len(counts)), torch.as_tensor(counts))
         cols = torch.as_tensor(np.concatenate([np.asarray(i, dtype=np.int64) for i in exclude]))
         scores[rows, cols] = -torch.inf
+
+
+def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence[np.ndarray]) -> torch.Tensor:
+    """0-based rank of each target among eligible items. scores (B, N+1), targets (B,)."""
+    scores = scores.detach().float().clone()
+    target_scores = scores.gather(1, targets.view(-1, 1))  # (B, 1)
+    mask_history(scores, exclude)
     # the target was possibly excluded as a history item: restore its own score
     scores.scatter_(1, targets.view(-1, 1), target_scores)
     # NaN must never win: a NaN score is treated as the worst possible
@@ -66,6 +77,41 @@ def evaluate_ranking(
         scores = score_fn(batch)
         ranks.append(ranks_from_scores(scores, torch.as_tensor(batch.targets), batch.target_hist).numpy())
     return metrics_from_ranks(np.concatenate(ranks), ks)
+
+
+@torch.no_grad()
+def top_k_items(score_fn: ScoreFn, examples: Examples, k: int = 10, batch_size: int = 512) -> np.ndarray:
+    """(N, k) item ids recommended to each example's user (history excluded), in ``examples`` order."""
+    out = np.zeros((len(examples), k), dtype=np.int64)
+    for start in range(0, len(examples), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(examples)))
+        batch = examples.subset(idx)
+        scores = score_fn(batch).detach().float().clone()
+        mask_history(scores, batch.target_hist)
+        out[idx] = scores.topk(k, dim=1).indices.numpy()
+    return out
+
+
+def diversity_metrics(
+    tops: np.ndarray, last_items: np.ndarray, vectors: np.ndarray, neighbours: int = 10
+) -> dict[str, float]:
+    """ILD@k, coverage@k and repeat@k (module docstring) of top-k lists ``tops`` (N, k); ``last_items`` (N,)
+    the users' last history items (0 = none); ``vectors`` (n_items + 1, E) the reference item vectors."""
+    k = tops.shape[1]
+    v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    lists = v[tops]  # (N, k, E)
+    sims = lists @ lists.transpose(0, 2, 1)  # (N, k, k)
+    mean_pair = (sims.sum(axis=(1, 2)) - np.trace(sims, axis1=1, axis2=2)) / (k * (k - 1))
+    out = {f"ILD@{k}": float((1 - mean_pair).mean()), f"coverage@{k}": len(np.unique(tops)) / (len(v) - 1)}
+    has = last_items > 0
+    if has.any():
+        near = v[last_items[has]] @ v.T  # (M, N+1)
+        near[:, 0] = -np.inf
+        near[np.arange(len(near)), last_items[has]] = -np.inf  # an item is not its own neighbour
+        nn_ids = np.argpartition(-near, neighbours, axis=1)[:, :neighbours]  # (M, neighbours)
+        hits = (tops[has][:, :, None] == nn_ids[:, None, :]).any(axis=2)  # (M, k)
+        out[f"repeat@{k}"] = float(hits.mean())
+    return out
 
 
 def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -52,3 +52,25 @@ def test_rating_metrics_golden() -> None:
     assert m["RMSE"] == pytest.approx(math.sqrt(10 / 3))
     with pytest.raises(ValueError):
         rating_metrics(np.array([]), np.array([]))
+
+
+def test_diversity_metrics_golden() -> None:
+    from training.evaluation import diversity_metrics
+
+    # items 1, 2 point one way, items 3, 4 another (orthogonal); 5 is between
+    vectors = np.array([[0, 0], [1, 0], [1, 0], [0, 1], [0, 1], [1, 1]], dtype=np.float64)
+    tops = np.array([[1, 2], [1, 3]])
+    out = diversity_metrics(tops, np.array([2, 0]), vectors, neighbours=1)
+    assert out["ILD@2"] == pytest.approx(((1 - 1) + (1 - 0)) / 2)
+    assert out["coverage@2"] == pytest.approx(3 / 5)
+    assert out["repeat@2"] == pytest.approx(1 / 2)  # item 2's nearest other item is 1: half of user 0's list
+
+
+def test_top_k_items_never_recommends_history_or_padding() -> None:
+    from training.data.splits import Examples
+    from training.evaluation import top_k_items
+
+    ex = Examples(np.arange(2), np.array([1, 1]), [np.array([4, 3]), np.array([], dtype=np.int64)], [np.array([])] * 2)
+    scores = torch.tensor([[9.0, 1, 2, 3, 4, 5], [9.0, 1, 2, 3, 4, 5]])
+    tops = top_k_items(lambda b: scores[: len(b)], ex, k=2)
+    assert tops.tolist() == [[5, 2], [5, 4]]

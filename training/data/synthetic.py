@@ -74,3 +74,27 @@ def synthetic_interactions(seed: int = 0, **kwargs: object) -> Interactions:
     frame = generate(seed=seed, **kwargs).rename(columns={"position": "order"})  # type: ignore[arg-type]
     catalog = {d: [f"{d[0]}{i}" for i in range(1, n + 1)] for d, n in zip(domains, n_items, strict=True)}  # type: ignore[call-overload]
     return from_frame(frame, name=f"synthetic(seed={seed})", item_catalog=catalog)
+
+
+def planted_intents(
+    n_users: int = 600, n_topics: int = 8, per_topic: int = 20, seed: int = 0, domain: str = "shop"
+) -> tuple[Interactions, np.ndarray]:
+    """Users with two planted intents, for multi-interest models (DSS): one domain of ``n_topics`` clusters of
+    ``per_topic`` items; each user has a majority topic (12 items) and a minority topic (4 items, then the held
+    out one), order within a topic random. The history is shuffled except that its 2 most recent items are
+    majority ones, and the last (test) item is the minority topic's next one: a single vector led by the recent
+    items misses it. Returns the interactions and each internal item id's topic (index 0, padding: -1)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        a, b = rng.choice(n_topics, 2, replace=False)
+        items_b = rng.choice(per_topic, 5, replace=False) + b * per_topic
+        items_a = rng.choice(per_topic, 12, replace=False) + a * per_topic
+        body = np.concatenate([items_b[:4], items_a[:10]])
+        rng.shuffle(body)
+        seq = [*body, *items_a[10:], items_b[4]]
+        rows += [(f"u{u}", f"i{i}", domain, k) for k, i in enumerate(seq)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "domain", "order"])
+    data = from_frame(frame, "planted-intents", item_catalog={domain: [f"i{i}" for i in range(n_topics * per_topic)]})
+    topics = np.array([-1] + [int(x[1:]) // per_topic for x in data.item_ids[domain][1:]])
+    return data, topics

@@ -97,3 +97,12 @@ class SequenceEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.ln(x)
+
+
+def item_embedding(n_items: int, dim: int) -> nn.Embedding:
+    """Item vectors for ids 1..n_items, row 0 (padding) zero and kept zero; small normal init (SASRec's)."""
+    emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+    nn.init.normal_(emb.weight, std=0.02)
+    with torch.no_grad():
+        emb.weight[0].zero_()
+    return emb

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.models.layers import EncoderConfig, SequenceEncoder
+from training.models.layers import EncoderConfig, SequenceEncoder, item_embedding
 
 
 @dataclass
@@ -31,10 +31,7 @@ class SASRec(nn.Module):
     def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        self.item_emb = item_embedding(cfg.n_items, cfg.dim)
         enc = EncoderConfig(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
         self.encoder = SequenceEncoder(enc, causal=True)
 
@@ -68,26 +65,36 @@ def softmax_loss(
 ) -> torch.Tensor:
     """Next-item cross-entropy of hidden states ``h`` (M, D) against ``labels`` (M,) over item vectors (N+1, D).
 
+    ``h`` may also be (M, K, D), K vectors per row (DSS's intents): an item then scores its best dot product.
     ``negatives=0``: the full catalogue. ``negatives>0``: a sampled softmax over the label and that many items
     shared by the batch, drawn from ``sampler`` (N+1 probabilities; uniform when None) with the logQ
     correction, so the sampled loss is an unbiased stand-in for the full one; accidental hits are masked. On
     CPU the full softmax's exp over M x N logits dominates training, and this is ~N/negatives times cheaper.
     """
     if negatives <= 0 or negatives >= items.shape[0] - 1:
-        logits = h @ items.T  # (M, N+1)
-        logits[:, 0] = -1e9
-        return F.cross_entropy(logits, labels)
+        logits = best_dot(h, items)  # (M, N+1)
+        is_pad = torch.arange(items.shape[0], device=h.device) == 0
+        # out of place: the max over K vectors needs its output for the backward pass
+        return F.cross_entropy(logits.masked_fill(is_pad[None, :], -1e9), labels)
     if sampler is None:
         sampler = torch.ones(items.shape[0], device=h.device)
         sampler[0] = 0
         sampler = sampler / sampler.sum()
     neg = torch.multinomial(sampler, negatives, replacement=True)  # (S,)
     log_q = torch.log(sampler * negatives + 1e-12)
-    pos_logit = (h * items[labels]).sum(-1, keepdim=True) - log_q[labels][:, None]  # (M, 1)
-    neg_logit = h @ items[neg].T - log_q[neg][None, :]  # (M, S)
+    pos = (h * (items[labels] if h.dim() == 2 else items[labels][:, None])).sum(-1)  # (M,) or (M, K)
+    pos_logit = (pos if h.dim() == 2 else pos.amax(dim=1)) - log_q[labels]  # (M,)
+    neg_logit = best_dot(h, items[neg]) - log_q[neg][None, :]  # (M, S)
     neg_logit = neg_logit.masked_fill(neg[None, :] == labels[:, None], -1e9)
-    logits = torch.cat([pos_logit, neg_logit], dim=1)  # (M, 1 + S)
+    logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)  # (M, 1 + S)
     return F.cross_entropy(logits, torch.zeros_like(labels))
+
+
+def best_dot(h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """(M, D) or (M, K, D) against (S, D) -> (M, S): the dot product, or the best of the K."""
+    if h.dim() == 2:
+        return h @ items.T
+    return torch.einsum("mkd,sd->mks", h, items).amax(dim=1)
 
 
 def popularity_sampler(labels: np.ndarray, n_items: int, power: float = 0.75) -> torch.Tensor:

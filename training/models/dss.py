@@ -1,0 +1,198 @@
+"""DSS (Ma et al., "Disentangled Self-Supervision in Sequential Recommenders", KDD 2020): a user as K intent
+vectors, trained with next-item (seq2item) and latent sequence-to-sequence (seq2seq) objectives.
+
+``DSS.forward(seq)`` is the serving signature: (B, T) int64 left-padded target item ids -> (B, K, D), the K
+intent vectors of the whole history; an item's score is ``max_k <phi_k, e_item>`` (``score="max"``) or
+``sum_k pi_k <phi_k, e_item>`` (``score="weighted"``, pi = the intents' presence, see below). The training heads
+(``item_loss``, ``seq2seq_loss``) sit beside it.
+
+Layers, for a history x_1..x_t (t = the newest item):
+- encoder: ``CausalEncoder`` (the relative-position self-attention GURU/CDSRec use), single head by default,
+  giving z_i (B, T, D). Causal with relative positions, so the state at column t of a training row equals
+  the state of the prefix x_1..t alone: training evaluates every prefix of a row in one pass, exactly as
+  serving sees it.
+- intent assignment p(k|i) = softmax_k(cos(z_i, c_k) / tau) with K learned prototypes c_k.
+- position/state weighting p_t(i) = softmax_{i<=t, real}((W z_i + b) . (z_t + b') / sqrt(D) + r[t - i]):
+  the query is the newest state (shifted by the learned b'), keys the projected states, plus a learned scalar
+  bias per distance r (recent items can weigh more). The paper's weighting uses the position and the state;
+  a scalar per distance instead of a position embedding added to z_i is our choice (it costs (B, T, T), not
+  (B, T, T, D), since every prefix is weighted at once in training).
+- aggregation phi_k = LayerNorm(sum_i p_t(i) p(k|i) z_i), one LayerNorm shared by the intents. The LayerNorm
+  removes the intent's mass, so a minority intent (a few old items) still gets a full-size vector; its mass
+  pi_k = sum_i p_t(i) p(k|i) (sums to 1 over k) says how present the intent is.
+
+Choices where the paper is silent (all documented here, the alternatives are flags of ``DSSConfig``):
+- score over intents: ``max`` by default (a candidate only needs to fit one intent, which is what lets a
+  minority intent surface); ``weighted`` uses pi_k, and then equals a dot product with ONE vector
+  sum_k pi_k phi_k, i.e. single-vector retrieval.
+- seq2seq: the training row's full sequence x_1..x_L is cut at a uniform random c in [1, L-1]; the prefix
+  x_1..c (its states come free from the seq2item pass) is contrasted with the reversed future x_L..x_{c+1}
+  encoded by the same tower. Logits are <prefix_k(u), future_k'(u')> / sqrt(D) over all B*K future vectors of
+  the batch; the positive is the same user and intent. A (user, intent) row counts only when pi_k of both
+  halves exceeds ``lam``; rows below it are still negatives of the others. No extra disentanglement loss.
+- seq2item: a sampled softmax with logQ correction (as SASRec's) on the max (or weighted) intent score, at
+  every real position of the row; the total loss is item_loss + ``seq2seq_weight`` * seq2seq_loss.
+- a fully padded row: the newest column may always weigh itself (as the attention masks do), so the output
+  is finite (LayerNorm of a finite vector).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.models.guru import CausalEncoder
+from training.models.layers import EncoderConfig, item_embedding
+from training.models.sasrec import best_dot, softmax_loss
+
+SCORES = ("max", "weighted")
+
+
+@dataclass
+class DSSConfig:
+    n_items: int  # real items; ids 1..n_items, 0 = padding
+    dim: int = 64
+    layers: int = 2
+    heads: int = 1  # the paper's encoder is single-head
+    dropout: float = 0.2
+    max_len: int = 50
+    intents: int = 4  # K
+    tau: float = 0.1  # temperature of the intent assignment
+    lam: float = 0.1  # seq2seq: an intent counts when its presence pi_k exceeds lam in both halves
+    score: str = "max"  # "max" | "weighted" over intents
+    assign: str = "item"  # p(k|i) from the cosine of "item" embeddings e_i or of encoder "state"s z_i to c_k
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.assign not in ("item", "state"):
+            raise ValueError(f"assign must be 'item' or 'state', got {self.assign!r}")
+        if self.intents < 1:
+            raise ValueError(f"intents must be >= 1, got {self.intents}")
+
+
+class IntentLayer(nn.Module):
+    """Per-position states z (B, T, D) + padding (B, T) -> intents of every prefix (B, T, K, D) and their
+    presence (B, T, K); see the module docstring."""
+
+    def __init__(self, cfg: DSSConfig) -> None:
+        super().__init__()
+        self.tau, self.max_len = cfg.tau, cfg.max_len
+        self.scale = 1.0 / math.sqrt(cfg.dim)
+        self.prototypes = nn.Parameter(torch.randn(cfg.intents, cfg.dim) * 0.1)  # c_k
+        self.key = nn.Linear(cfg.dim, cfg.dim)  # W, b
+        self.query_bias = nn.Parameter(torch.zeros(cfg.dim))  # b'
+        self.recency = nn.Embedding(cfg.max_len, 1)  # r[t - i]
+        nn.init.zeros_(self.recency.weight)
+        self.ln = nn.LayerNorm(cfg.dim)
+
+    def forward(self, z: torch.Tensor, pad: torch.Tensor, route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z: states (B, T, D); pad (B, T); route (B, T, D): the vectors assigned to intents (z or e)."""
+        T = z.shape[1]
+        assign = torch.softmax(
+            F.normalize(route, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau, dim=-1
+        )  # (B, T, K): p(k|i)
+        ar = torch.arange(T, device=z.device)
+        dist = ar[:, None] - ar[None, :]  # (T, T): query t minus key i
+        logits = (z + self.query_bias) @ self.key(z).transpose(1, 2) * self.scale  # (B, T, T)
+        logits = logits + self.recency(dist.clamp(0, self.max_len - 1))[..., 0][None]
+        allowed = (dist >= 0)[None] & ~pad[:, None, :]  # (B, T, T): real keys at or before the query
+        allowed = allowed | (dist == 0)[None]  # a query always weighs itself: finite on all padding
+        weight = torch.softmax(logits.masked_fill(~allowed, -1e9), dim=-1)  # (B, T, T): p_t(i)
+        mass = weight[..., None] * assign[:, None]  # (B, T, T, K): p_t(i) p(k|i)
+        phi = self.ln(torch.einsum("btik,bid->btkd", mass, z))  # (B, T, K, D)
+        return phi, mass.sum(dim=2)  # presence pi (B, T, K), sums to 1 over k
+
+
+class DSS(nn.Module):
+    def __init__(self, cfg: DSSConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = item_embedding(cfg.n_items, cfg.dim)
+        enc = EncoderConfig(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
+        self.encoder = CausalEncoder(enc, "transformer")
+        self.intent = IntentLayer(cfg)
+
+    def config_dict(self) -> dict[str, object]:
+        return asdict(self.cfg)
+
+    def intents_all(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) -> intents of every prefix (B, T, K, D) and their presence (B, T, K)."""
+        pad = seq == 0
+        e = self.item_emb(seq)  # (B, T, D)
+        z = self.encoder(e * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
+        return self.intent(z, pad, e if self.cfg.assign == "item" else z)
+
+    def intents(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) -> the whole history's intents (B, K, D) and presence (B, K)."""
+        phi, pi = self.intents_all(seq)
+        return phi[:, -1], pi[:, -1]
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """Serving tower: (B, T) item ids -> (B, K, D) intent vectors."""
+        return self.intents(seq)[0]
+
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items + 1, D) item vectors; row 0 is padding."""
+        return self.item_emb.weight
+
+    def score(self, seq: torch.Tensor) -> torch.Tensor:
+        phi, pi = self.intents(seq)
+        return intent_scores(phi, pi, self.item_vectors(), self.cfg.score)  # (B, N+1)
+
+
+def intent_scores(phi: torch.Tensor, pi: torch.Tensor, items: torch.Tensor, score: str) -> torch.Tensor:
+    """Intents (M, K, D), presence (M, K), candidates (S, D) -> (M, S): max or pi-weighted over intents."""
+    if score == "weighted":  # sum_k pi_k <phi_k, e> = <sum_k pi_k phi_k, e>: one vector
+        return (pi[..., None] * phi).sum(dim=1) @ items.T
+    return best_dot(phi, items)
+
+
+def item_loss(
+    phi: torch.Tensor,
+    pi: torch.Tensor,
+    labels: torch.Tensor,
+    items: torch.Tensor,
+    score: str,
+    negatives: int = 0,
+    sampler: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """seq2item: cross-entropy of ``labels`` (M,) from intents (M, K, D) over item vectors (N+1, D): SASRec's
+    (sampled) softmax with the intent score in place of one vector's dot product (``softmax_loss``)."""
+    h = (pi[..., None] * phi).sum(dim=1) if score == "weighted" else phi  # (M, D) | (M, K, D)
+    return softmax_loss(h, labels, items, negatives, sampler)
+
+
+def seq2seq_loss(
+    prefix: torch.Tensor, prefix_pi: torch.Tensor, future: torch.Tensor, future_pi: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """Contrastive loss of prefix intents (B, K, D) against reversed-future intents (B, K, D).
+
+    Row (u, k) is scored against every future vector of the batch (B * K), scaled by 1/sqrt(D); its positive is
+    (u, k). Only rows whose intent is present above ``lam`` in both halves count; with none, a zero that
+    keeps the graph (so a batch without a confident intent trains the other loss alone).
+    """
+    B, K, D = prefix.shape
+    logits = prefix.reshape(B * K, D) @ future.reshape(B * K, D).T / math.sqrt(D)  # (B*K, B*K)
+    keep = ((prefix_pi > lam) & (future_pi > lam)).reshape(B * K)
+    target = torch.arange(B * K, device=prefix.device)
+    losses = F.cross_entropy(logits, target, reduction="none")  # (B*K,)
+    return (losses * keep).sum() / keep.sum().clamp(min=1)
+
+
+def reversed_future(full: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """Left-padded rows ``full`` (B, W) and ``cut`` (B,) prefix lengths -> (B, W) left-padded reversed
+    futures: row x_1..x_L becomes x_L, ..., x_{cut+1}."""
+    W = full.shape[1]
+    length = (full != 0).sum(dim=1)  # (B,)
+    n_future = length - cut  # (B,)
+    col = torch.arange(W, device=full.device)[None, :]  # (1, W)
+    # output column j holds the future's item number (j - (W - n_future)) counted from the newest, which sits
+    # at full column W - 1 - that number
+    rank = col - (W - n_future)[:, None]  # (B, W): < 0 on padding
+    src = (W - 1 - rank).clamp(0, W - 1)
+    return torch.where(rank >= 0, full.gather(1, src), torch.zeros_like(full))

@@ -1,0 +1,99 @@
+"""Train DSS on one target domain: `cdrec train dss --data PATH --target-domain DOMAIN [--intents K]`.
+
+Reads top to bottom: data -> next-item rows (as SASRec) -> model -> loop (seq2item sampled softmax at every
+position + ``seq2seq_weight`` * the latent seq2seq contrastive loss on a random cut of each row) with early
+stopping on validation NDCG@10 (``training.fit``). Full-ranking evaluation scores every item by its max (or
+pi-weighted) dot product with the K intent vectors (``DSS.score``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
+from training.data.splits import Examples, NextItemSplit
+from training.evaluation import evaluate_ranking
+from training.fit import FitResult, SeqArgs, fit
+from training.models.dss import DSS, DSSConfig, item_loss, reversed_future, seq2seq_loss
+from training.models.sasrec import popularity_sampler
+
+
+@dataclass
+class DSSArgs(SeqArgs):
+    heads: int = 1  # the paper's single-head encoder
+    intents: int = 4
+    tau: float = 0.1
+    lam: float = 0.1
+    score: str = "max"
+    assign: str = "item"
+    seq2seq_weight: float = 0.2  # 0 = seq2item only
+    weight_decay: float = 0.0
+    negatives: int = 2048  # 0 = full softmax; >0 = sampled softmax with that many shared negatives
+    neg_power: float = 1.0
+    seed: int = 0
+
+
+def dss_scorer(model: DSS, max_len: int) -> Callable[[Examples], torch.Tensor]:
+    def score(ex: Examples) -> torch.Tensor:
+        return model.score(encode_histories(ex.target_hist, max_len))
+
+    return score
+
+
+def dss_step(
+    model: DSS, x: torch.Tensor, y: torch.Tensor, args: DSSArgs, sampler: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of trimmed next-item rows x, y (B, W) -> (seq2item loss, seq2seq loss)."""
+    phi, pi = model.intents_all(x)  # (B, W, K, D), (B, W, K)
+    real = y > 0
+    s2i = item_loss(phi[real], pi[real], y[real], model.item_vectors(), model.cfg.score, args.negatives, sampler)
+    if args.seq2seq_weight <= 0:
+        return s2i, torch.zeros((), device=x.device)
+    full = torch.cat([x, y[:, -1:]], dim=1)  # (B, W + 1): the whole row x_1..x_L
+    length = (full != 0).sum(dim=1)  # (B,) L >= 2
+    cut = 1 + (torch.rand(length.shape, device=x.device) * (length - 1)).long()  # (B,) in [1, L - 1]
+    rows = torch.arange(x.shape[0], device=x.device)
+    col = x.shape[1] - length + cut  # the prefix's newest item x_cut sits at this column of x
+    future = trim_left_padding(reversed_future(full, cut))[0]
+    f_phi, f_pi = model.intents(future)  # (B, K, D), (B, K)
+    s2s = seq2seq_loss(phi[rows, col], pi[rows, col], f_phi, f_pi, model.cfg.lam)
+    return s2i, s2s
+
+
+def train_dss(
+    split: NextItemSplit, args: DSSArgs, out: Path | None = None
+) -> tuple[DSS, FitResult, Callable[[Examples], torch.Tensor]]:
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    data, target = split.data, split.target
+    n_target = data.n_items(target)
+    inputs, labels = next_item_pairs(list(split.train_sequences(target).values()), args.max_len)
+
+    cfg = DSSConfig(n_target, args.dim, args.layers, args.heads, args.dropout, args.max_len, args.intents,
+                    args.tau, args.lam, args.score, args.assign)
+    model = DSS(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scorer = dss_scorer(model, args.max_len)
+    sampler = popularity_sampler(labels, n_target, args.neg_power)
+
+    def train_epoch(epoch: int) -> float:
+        total, n = 0.0, 0
+        for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
+            x, y = trim_left_padding(*batch)
+            s2i, s2s = dss_step(model, x, y, args, sampler)
+            loss = s2i + args.seq2seq_weight * s2s
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item(), n + 1
+        return total / max(1, n)
+
+    meta = {"model": "dss", "data": data.name, "target": target, "source": split.source, "n_target_items": n_target}
+    result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,
+                 out, meta, desc=f"dss {target}")
+    return model, result, scorer
