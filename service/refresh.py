@@ -28,7 +28,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +95,14 @@ class RefreshJob:
     """One domain's refresh against one Redis server (``client``: any client of it; the job opens its own
     decoding one and reads cached embeddings undecoded)."""
 
-    def __init__(self, client: redis.Redis, bundle: ServingBundle, domain: str, batch_size: int = 512) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        bundle: ServingBundle,
+        domain: str,
+        batch_size: int = 512,
+        ttl_s: int | None = None,
+    ) -> None:
         if domain not in bundle.encoders:
             served = ", ".join(sorted(bundle.encoders)) or "none"
             raise ValueError(f"bundle {bundle.version} has no user encoder for {domain!r} (encoders: {served})")
@@ -106,6 +113,9 @@ class RefreshJob:
         self.reads = self.graph.read_domains()
         self.batch_size = batch_size
         self.cursor_key = refresh_cursor_key(domain)
+        # redis.user_ttl_s: a vector written here expires like the user's lists, else an inactive user's cached
+        # vector would outlive them (an append refreshes both; this job writes after the last append)
+        self.ttl_s = ttl_s
 
     @staticmethod
     def _decoding(client: Any) -> Any:
@@ -192,15 +202,27 @@ class RefreshJob:
         return replies
 
     def _write(self, batch: _Batch, only_stale: bool, stats: RefreshStats) -> None:
-        writes = self.encode(batch.users, batch.replies, only_stale, stats)
-        cursor = batch.cursor
-        if cursor == 0:  # the pass is complete: store this batch, then forget the cursor
-            if writes:
-                self.client.mset(writes)
-            self.client.delete(self.cursor_key)
-        else:  # the batch and the cursor after it, atomically
-            writes[self.cursor_key] = str(cursor).encode()
-            self.client.mset(writes)
+        self.store(self.encode(batch.users, batch.replies, only_stale, stats), batch.cursor)
+
+    def store(self, writes: dict[str, bytes], cursor: int | None = None) -> None:
+        """One round trip: MSET the vectors (and the SCAN ``cursor`` after them, atomically; 0 = the pass is
+        complete: the cursor key is deleted instead), then their expiry when ``ttl_s`` is set."""
+        pipe = self.client.pipeline(transaction=False)
+        mset = dict(writes)
+        if cursor:
+            mset[self.cursor_key] = str(cursor).encode()
+        if mset:
+            pipe.mset(mset)
+        self.expire(pipe, writes)
+        if cursor == 0:
+            pipe.delete(self.cursor_key)
+        pipe.execute()
+
+    def expire(self, pipe: Any, keys: Iterable[str]) -> None:
+        """Queue ``EXPIRE key ttl_s`` for each vector key (nothing without a TTL)."""
+        if self.ttl_s is not None:
+            for key in keys:
+                pipe.expire(key, self.ttl_s)
 
     def encode(self, users: list[str], replies: list[Any], only_stale: bool, stats: RefreshStats) -> dict[str, bytes]:
         """``emb_key`` -> packed vector of every user of ``read``'s replies that needs one (counted in ``stats``)."""
@@ -233,13 +255,15 @@ class _Batch:
     replies: list[Any]
 
 
-def make_job(client: SyncRedis, bundle: ServingBundle, domain: str, batch_size: int = 512) -> RefreshJob:
+def make_job(
+    client: SyncRedis, bundle: ServingBundle, domain: str, batch_size: int = 512, ttl_s: int | None = None
+) -> RefreshJob:
     """The job for ``client``'s kind of Redis: SCAN cursor on one server, per hash slot on a cluster."""
     if is_cluster(client):
         from service.refresh_cluster import ClusterRefreshJob
 
-        return ClusterRefreshJob(client, bundle, domain, batch_size)  # type: ignore[arg-type]
-    return RefreshJob(client, bundle, domain, batch_size)  # type: ignore[arg-type]
+        return ClusterRefreshJob(client, bundle, domain, batch_size, ttl_s)  # type: ignore[arg-type]
+    return RefreshJob(client, bundle, domain, batch_size, ttl_s)  # type: ignore[arg-type]
 
 
 def _parser(s: Settings) -> argparse.ArgumentParser:
@@ -289,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         client.ping()
         for domain in domains:
             try:
-                job = make_job(client, bundle, domain, ns.batch_size)
+                job = make_job(client, bundle, domain, ns.batch_size, base.redis.user_ttl_s)
             except ValueError as exc:
                 print(f"cdrec refresh: {exc}", file=sys.stderr)
                 return 2

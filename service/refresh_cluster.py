@@ -35,8 +35,15 @@ from service.refresh import RefreshJob, RefreshStats
 class ClusterRefreshJob(RefreshJob):
     """One domain's refresh against a Redis Cluster (``client``: a ``RedisCluster`` of it)."""
 
-    def __init__(self, client: RedisCluster, bundle: ServingBundle, domain: str, batch_size: int = 512) -> None:
-        super().__init__(client, bundle, domain, batch_size)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        client: RedisCluster,
+        bundle: ServingBundle,
+        domain: str,
+        batch_size: int = 512,
+        ttl_s: int | None = None,
+    ) -> None:
+        super().__init__(client, bundle, domain, batch_size, ttl_s)  # type: ignore[arg-type]
         self.pass_key = refresh_pass_key(domain)
 
     @staticmethod
@@ -122,6 +129,7 @@ class ClusterRefreshJob(RefreshJob):
             # one slot: the vectors and the marker saying they are stored, atomically (redis-py refuses pipe.mset on
             # a cluster whatever the keys; as a raw command it is routed by its slot)
             pipe.execute_command("MSET", *flat)
+            self.expire(pipe, (k for k in mset if k in writes))
         pipe.execute()
 
     def _emb_key(self, user: str) -> str:

@@ -41,7 +41,15 @@ class RefreshWorker:
     """A Ray actor: one bundle, one onnxruntime session, one Redis client; refreshes partitions."""
 
     def __init__(
-        self, url: str, cluster: bool, artifacts: str, domain: str, batch_size: int, ort_threads: int, version: str
+        self,
+        url: str,
+        cluster: bool,
+        artifacts: str,
+        domain: str,
+        batch_size: int,
+        ort_threads: int,
+        version: str,
+        ttl_s: int | None = None,
     ) -> None:
         from core.manifest import current_bundle
         from core.redis_client import sync_client
@@ -51,7 +59,7 @@ class RefreshWorker:
         bundle = load_bundle(current_bundle(Path(artifacts)), ort_threads=ort_threads, text_items=False)
         if bundle.version != version:  # a publish between the driver's start and this actor's: never mix versions
             raise RuntimeError(f"bundle changed under the job: driver {version}, actor {bundle.version}")
-        self.job = make_job(sync_client(url, cluster, decode_responses=False), bundle, domain, batch_size)
+        self.job = make_job(sync_client(url, cluster, decode_responses=False), bundle, domain, batch_size, ttl_s)
 
     def refresh(self, part: dict[str, Any], only_stale: bool) -> dict[str, Any]:
         stats = RefreshStats()
@@ -63,8 +71,7 @@ class RefreshWorker:
         else:
             users: list[str] = part["users"]
             writes = self.job.encode(users, self.job.read(users, only_stale) if users else [], only_stale, stats)
-            if writes:
-                self.job.client.mset(writes)
+            self.job.store(writes)
         return {"stats": {f.name: getattr(stats, f.name) for f in fields(stats)}, "cursor": part.get("cursor")}
 
 
@@ -114,7 +121,9 @@ def run_on_ray(
         ray.init(include_dashboard=False, log_to_driver=False)
     worker_cls = ray.remote(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(RefreshWorker)
     pool: list[Any] = [
-        worker_cls.remote(url, cluster, str(artifacts), job.domain, job.batch_size, ort_threads, job.bundle.version)
+        worker_cls.remote(
+            url, cluster, str(artifacts), job.domain, job.batch_size, ort_threads, job.bundle.version, job.ttl_s
+        )
         for _ in range(actors)
     ]
     started = time.perf_counter()

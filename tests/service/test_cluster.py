@@ -129,6 +129,15 @@ def test_only_stale_on_a_cluster_skips_fresh_users(rc: RedisCluster, bundle: Ser
     job.close()
 
 
+def test_a_cluster_refresh_with_a_user_ttl_sets_it_on_every_vector(rc: RedisCluster, bundle: ServingBundle) -> None:
+    users = seed(rc, bundle, n=60)
+    job = ClusterRefreshJob(rc, bundle, "music", batch_size=16, ttl_s=3600)
+    job.run(progress=False)
+    ttls = [rc.ttl(emb_key(u, "music")) for u in users]
+    assert all(3500 < t <= 3600 for t in ttls), ttls
+    job.close()
+
+
 def test_the_cli_refreshes_a_cluster(
     rc: RedisCluster, bundle: ServingBundle, service_artifacts: Path, redis_cluster: RedisClusterServer,
     capsys: pytest.CaptureFixture[str],

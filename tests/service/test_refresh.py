@@ -240,3 +240,15 @@ def test_catalogue_encodes_a_batch_row_by_row_as_it_encodes_one_history() -> Non
         np.testing.assert_array_equal(row, cat.encode(items, 4))
     np.testing.assert_array_equal(batch[2], [0, 0, 2, 3])  # "zzz" unknown, "added" has no model id: left padding
     np.testing.assert_array_equal(batch[3], [2, 1, 4, 3])  # the 4 newest (b a d c), oldest dropped
+
+
+def test_with_a_user_ttl_the_vectors_written_expire_like_the_users_lists(
+    rdb: redis.Redis, bundle: ServingBundle
+) -> None:
+    users = seed(rdb, bundle, n=40)
+    RefreshJob(rdb, bundle, "music", batch_size=16).run(progress=False)
+    assert {rdb.ttl(emb_key(u, "music")) for u in users} == {-1}  # no TTL set: kept until rewritten
+    RefreshJob(rdb, bundle, "music", batch_size=16, ttl_s=3600).run(progress=False)
+    ttls = [rdb.ttl(emb_key(u, "music")) for u in users]
+    assert all(3500 < t <= 3600 for t in ttls), ttls
+    assert rdb.get(refresh_cursor_key("music")) is None and rdb.ttl("cdrec:other:key") == -1
