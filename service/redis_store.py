@@ -40,7 +40,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from core.redis_keys import emb_key, item_texts_key, item_vectors_key, seq_key
 from core.settings import RedisSettings
 from service.append_script import APPEND_EVENTS, APPEND_SHA, append_call
-from service.durability import WAIT_SHARE, Durability, server_version, use_waitaof
+from service.durability import WAIT_SHARE, Durability, DurabilityRefused, server_version, use_waitaof
 from service.ports import Appended, BadKey, EventRecord, OutcomeUnknown, StoreUnavailable
 
 # KEYS[1] = the domain's item text hash; ARGV = id1, text1, id2, text2, ...: when an id already holds ANOTHER text,
@@ -159,6 +159,16 @@ class RedisSequenceStore:
     async def check_durability(self) -> None:
         """Check once that the server gives ``redis.durability`` (service.durability); ``DurabilityRefused``
         says what to change. StoreUnavailable when Redis does not answer (checked again before a write)."""
+        if isinstance(self._client, AsyncRedisCluster) and (
+            self.durability.mode == "fsync" or self.durability.wait_replicas > 0
+        ):
+            # WAIT / WAITAOF count the writes of their own connection; a cluster pipeline writes through one
+            # connection per node and has no way to end each of them with a WAIT, so the wait would prove nothing
+            raise DurabilityRefused(
+                "redis.durability=fsync and redis.wait_replicas > 0 are not supported with redis.cluster=true yet "
+                "(WAIT/WAITAOF must run on each node's write connection): set CDREC_REDIS__DURABILITY=reply and "
+                "CDREC_REDIS__WAIT_REPLICAS=0, or use a single Redis with replicas"
+            )
         if self._waitaof is not None or self.durability.mode == "reply":
             self._waitaof = False
             return
