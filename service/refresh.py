@@ -284,6 +284,10 @@ def _parser(s: Settings) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: partitions over Ray actors")
     p.add_argument("--actors", type=int, default=2, help="--engine ray: encoder actors (each loads the bundle once)")
+    p.add_argument(
+        "--partition-timeout", type=float, default=600.0,
+        help="--engine ray: seconds to wait for one partition's result before giving up (a rerun resumes)",
+    )  # fmt: skip
     return p
 
 
@@ -307,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.actors < 1:
         print("cdrec refresh: --actors must be at least 1", file=sys.stderr)
         return 2
+    if ns.partition_timeout <= 0:
+        print("cdrec refresh: --partition-timeout must be positive", file=sys.stderr)
+        return 2
     domains = ns.domain or sorted(bundle.encoders)
     client = sync_client(ns.redis_url, ns.cluster, decode_responses=False)
     try:
@@ -319,12 +326,17 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             try:
                 if ns.engine == "ray":
-                    from service.refresh_ray import run_on_ray
+                    from service.refresh_ray import PartitionTimeout, run_on_ray
 
-                    stats = run_on_ray(
-                        job, ns.redis_url, ns.cluster, ns.artifacts, ns.actors, ns.ort_threads,
-                        only_stale=ns.only_stale, restart=ns.restart, progress=not ns.no_progress,
-                    )  # fmt: skip
+                    try:
+                        stats = run_on_ray(
+                            job, ns.redis_url, ns.cluster, ns.artifacts, ns.actors, ns.ort_threads,
+                            only_stale=ns.only_stale, restart=ns.restart, progress=not ns.no_progress,
+                            partition_timeout_s=ns.partition_timeout,
+                        )  # fmt: skip
+                    except PartitionTimeout as exc:
+                        print(f"cdrec refresh: {exc}", file=sys.stderr)
+                        return 1
                 else:
                     stats = job.run(only_stale=ns.only_stale, restart=ns.restart, progress=not ns.no_progress)
             finally:

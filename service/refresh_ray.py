@@ -35,6 +35,11 @@ from core.redis_keys import SLOTS
 from service.refresh import RefreshJob, RefreshStats
 
 MAX_RESTARTS = 3
+PARTITION_TIMEOUT_S = 600.0  # one partition (~batch_size users) takes well under a second; this bounds a stuck actor
+
+
+class PartitionTimeout(RuntimeError):
+    """A partition's result did not come back in time (actor stuck, unschedulable, or its node lost)."""
 
 
 class RefreshWorker:
@@ -109,9 +114,13 @@ def run_on_ray(
     restart: bool = False,
     progress: bool = True,
     on_submit: Callable[[list[Any], int], None] | None = None,
+    partition_timeout_s: float = PARTITION_TIMEOUT_S,
 ) -> RefreshStats:
-    """One pass (or the rest of one) of ``job``'s domain on ``actors`` Ray actors; ``ray.init`` first if needed.
-    ``on_submit(actors, n)`` runs after the n-th partition is submitted (tests kill an actor there)."""
+    """One pass (or the rest of one) of ``job``'s domain on ``actors`` Ray actors; ``ray.init`` first if needed
+    (it joins the cluster named by ``RAY_ADDRESS``, else starts a local one).
+    ``on_submit(actors, n)`` runs after the n-th partition is submitted (tests kill an actor there).
+    Every result is awaited at most ``partition_timeout_s``: past it ``PartitionTimeout`` is raised (the actors are
+    killed, the stored cursor / slot markers keep what was finished, so a rerun resumes), never an endless wait."""
     import ray
     from tqdm import tqdm
 
@@ -145,9 +154,9 @@ def run_on_ray(
             if on_submit is not None:
                 on_submit(pool, submitted)
             while len(inflight) >= 2 * actors:
-                _commit(job, ray.get(inflight.popleft()), stats, bar)
+                _commit(job, _result(ray, inflight.popleft(), partition_timeout_s), stats, bar)
         while inflight:
-            _commit(job, ray.get(inflight.popleft()), stats, bar)
+            _commit(job, _result(ray, inflight.popleft(), partition_timeout_s), stats, bar)
         stats.finished = True
         if isinstance(job, ClusterRefreshJob):
             job.finish_pass()
@@ -157,6 +166,17 @@ def run_on_ray(
             ray.kill(actor)
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _result(ray: Any, ref: Any, timeout_s: float) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise PartitionTimeout(
+            f"a refresh partition did not finish within {timeout_s:g} s (an actor is stuck or cannot be scheduled: "
+            "see `ray status`); what was finished is stored, a rerun resumes from there"
+        ) from None
+    return result
 
 
 def _commit(job: RefreshJob, result: dict[str, Any], stats: RefreshStats, bar: Any) -> None:

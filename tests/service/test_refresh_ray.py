@@ -3,6 +3,7 @@ server and on a Redis Cluster, and a partition whose actor is killed (ray.kill) 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from tests.service.test_refresh import N_USERS, seed
 ray = pytest.importorskip("ray")  # the `scale` extra
 
 EMB_MATCH = "cdrec:{u:*}:emb:music"
+WAIT_S = 180  # no partition of these tests may take longer: a stuck actor fails the test instead of hanging it
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": always a fresh local Ray, never one another process left running on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 << 20)
     yield
     ray.shutdown()
 
@@ -68,9 +71,13 @@ def test_ray_writes_the_same_vectors_as_the_single_process_job_and_redoes_a_kill
             killed.append(n)
 
     job = RefreshJob(rdb, bundle, "music", batch_size=16)
-    stats = run_on_ray(job, single.url, False, service_artifacts, actors=2, progress=False, on_submit=kill_one)
-    assert killed and stats.finished and stats.scanned == stats.encoded == N_USERS
-    assert embs(rdb) == local  # complete and byte-identical
+    stats = run_on_ray(job, single.url, False, service_artifacts, actors=2, progress=False, on_submit=kill_one,
+                       partition_timeout_s=WAIT_S)
+    assert killed, "the kill hook never ran (fewer than 3 partitions?)"
+    assert stats.finished and stats.scanned == stats.encoded == N_USERS, stats
+    got = embs(rdb)
+    differ = sorted(k for k in local.keys() | got.keys() if local.get(k) != got.get(k))
+    assert not differ, f"{len(differ)} of {N_USERS} vectors differ or are missing, e.g. {differ[:3]}"
     assert rdb.get(refresh_cursor_key("music")) is None
     job.close()
     rdb.close()
@@ -89,7 +96,9 @@ def test_ray_on_a_cluster_writes_per_slot_the_same_vectors(
     local = embs(rc, target_nodes=RedisCluster.PRIMARIES)
     redis_cluster.flushall()
     seed(rc, bundle)
-    stats = run_on_ray(job, redis_cluster.url, True, service_artifacts, actors=2, progress=False)
+    stats = run_on_ray(
+        job, redis_cluster.url, True, service_artifacts, actors=2, progress=False, partition_timeout_s=WAIT_S
+    )
     assert stats.finished and stats.scanned == N_USERS
     assert embs(rc, target_nodes=RedisCluster.PRIMARIES) == local and len(local) == N_USERS
     assert rc.get(refresh_pass_key("music")) is None
@@ -105,7 +114,27 @@ def test_the_cli_runs_the_ray_engine(
     rdb = redis.Redis(port=single.port)
     seed(rdb, bundle, n=50)
     args = ["--redis-url", single.url, "--artifacts", str(service_artifacts), "--no-progress", "--engine", "ray",
-            "--actors", "1"]  # fmt: skip
+            "--actors", "1", "--partition-timeout", str(WAIT_S)]  # fmt: skip
     assert main(args) == 0
     assert "refresh music: 50 users scanned, 50 encoded" in capsys.readouterr().out
+    rdb.close()
+
+
+def test_a_partition_past_its_timeout_stops_the_job_with_a_clear_error_and_keeps_the_cursor(
+    local_ray: None, bundle: ServingBundle, single: RedisServer, service_artifacts: Path
+) -> None:
+    from service.refresh_ray import PartitionTimeout, run_on_ray
+
+    rdb = redis.Redis(port=single.port)
+    seed(rdb, bundle, n=50)
+    job = RefreshJob(rdb, bundle, "music", batch_size=16)
+    # the actors are still loading the bundle when the first result is awaited: nothing can come back in 1 ms
+    with pytest.raises(PartitionTimeout, match=r"did not finish within 0\.001 s"):
+        run_on_ray(job, single.url, False, service_artifacts, actors=1, progress=False, partition_timeout_s=0.001)
+    assert rdb.get(refresh_cursor_key("music")) is None  # nothing was committed past what was finished
+    deadline = time.monotonic() + 60  # the job killed its actors: their CPUs come back (asynchronously)
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2, "the timed-out job left its actors holding CPUs"
+    job.close()
     rdb.close()
