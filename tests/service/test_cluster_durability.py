@@ -43,7 +43,9 @@ def test_events_with_wait_replicas_1_are_answered_200_and_are_on_the_replica_of_
 ) -> None:
     users = users_on_every_master(cluster)
     settings = with_redis(make_settings(service_artifacts, cluster.url), wait_replicas=1, write_timeout_s=2.0)
-    batch = [{"user_id": u, "domain": "music", "item_id": f"m{i + 1}", "event_id": f"e-{u}"} for i, u in enumerate(users)]
+    batch = [
+        {"user_id": u, "domain": "music", "item_id": f"m{i + 1}", "event_id": f"e-{u}"} for i, u in enumerate(users)
+    ]
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/events", json=batch, headers=auth())
         assert r.status_code == 200, r.text
