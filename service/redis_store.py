@@ -21,6 +21,9 @@ once on a fresh one; timeouts are not retried, since their budget is already spe
 With ``RedisSettings.cluster`` the client is redis-py's ``redis.asyncio.cluster.RedisCluster`` (the URL names any
 node): its pipelines split by node, every command here touches one slot, and after a failover (connection error,
 MOVED) it reloads the slot map by itself, so the service answers degraded meanwhile and recovers without restart.
+With a wait for durability (``redis.wait_replicas`` > 0, ``durability=fsync``) a cluster append goes through
+service.cluster_writes instead: per node one pipeline of its users' script calls ending with the wait, on the
+same connection, so each WAIT/WAITAOF covers exactly that node's writes.
 """
 
 from __future__ import annotations
@@ -30,19 +33,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aredis
-from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from core.redis_keys import emb_key, item_texts_key, item_vectors_key, seq_key
 from core.settings import RedisSettings
 from service.append_script import APPEND_EVENTS, APPEND_SHA, append_call
-from service.durability import WAIT_SHARE, Durability, server_version, use_waitaof, use_waitaof_per_node
+from service.cluster_writes import NodeWrites
+from service.durability import WAIT_SHARE, Durability, server_version, use_waitaof
 from service.ports import Appended, BadKey, EventRecord, OutcomeUnknown, StoreUnavailable
 
 # KEYS[1] = the domain's item text hash; ARGV = id1, text1, id2, text2, ...: when an id already holds ANOTHER text,
@@ -66,8 +68,6 @@ return taken
 
 
 AsyncRedis = aredis.Redis | AsyncRedisCluster
-REDIRECTS = 2  # MOVED/ASK rounds a cluster write with a wait follows before its outcome is left unknown
-NO_WAIT = object()  # a node pipeline that sent no wait
 
 
 def client_for(url: str, settings: RedisSettings) -> AsyncRedis:
@@ -104,7 +104,11 @@ class RedisSequenceStore:
         self.ttl_ms = 0 if user_ttl_s is None else max(1, round(user_ttl_s * 1000))
         self.durability = durability or Durability(timeout_ms=max(1, round(write_timeout_s * WAIT_SHARE * 1000)))
         self._waitaof: bool | None = None  # how ``fsync`` is given, once checked against the server
-        self._node_waitaof: dict[str, bool] = {}  # the same per cluster node (name), once checked against it
+        # on a cluster, a wait for durability runs per node (service.cluster_writes)
+        waits = self.durability.mode == "fsync" or self.durability.wait_replicas > 0
+        self._nodes: NodeWrites | None = None
+        if waits and isinstance(client, AsyncRedisCluster):
+            self._nodes = NodeWrites(client, self.durability, write_timeout_s)
 
     @classmethod
     def from_url(cls, url: str, settings: RedisSettings) -> RedisSequenceStore:
@@ -169,46 +173,15 @@ class RedisSequenceStore:
         if self._waitaof is not None or self.durability.mode == "reply":
             self._waitaof = False
             return
-        if isinstance(self._client, AsyncRedisCluster):
-            try:
-                async with asyncio.timeout(self.write_timeout_s):
-                    await self._client.initialize()
-            except TimeoutError as exc:
-                raise StoreUnavailable("redis_timeout", "cluster slot map") from exc
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable("redis_unreachable", type(exc).__name__) from exc
-            await self._check_nodes(self._client.get_nodes(), skip_unreachable=True)
-            self._waitaof = False  # per node: self._node_waitaof
+        if self._nodes is not None:
+            await self._nodes.check_all()
+            self._waitaof = False  # per node: NodeWrites.waitaof
             return
         pipe = self._client.pipeline(transaction=False)
         pipe.info("server")
         pipe.config_get("append*")
         info, config = await self._run(pipe, self.write_timeout_s)
         self._waitaof = use_waitaof(self.durability.mode, server_version(info), dict(config))
-
-    async def _check_nodes(self, nodes: Sequence[ClusterNode], skip_unreachable: bool = False) -> None:
-        """``fsync`` on cluster nodes: INFO server and CONFIG GET append* on each node's own connection."""
-
-        async def config(node: ClusterNode) -> tuple[tuple[int, ...], dict[str, str]]:
-            info = [PipelineCommand(0, "INFO", "server"), PipelineCommand(1, "CONFIG GET", "append*")]
-            async with asyncio.timeout(self.write_timeout_s):
-                await node.execute_pipeline(info)
-            replies: list[Any] = [cmd.result for cmd in info]
-            if error := next((r for r in replies if isinstance(r, Exception)), None):
-                raise error
-            return server_version(replies[0]), dict(replies[1])
-
-        found = await asyncio.gather(*(config(n) for n in nodes), return_exceptions=True)
-        answered: dict[str, tuple[tuple[int, ...], dict[str, str]]] = {}
-        for node, got in zip(nodes, found, strict=True):
-            if isinstance(got, (RedisError, OSError, TimeoutError)):
-                if skip_unreachable:  # e.g. a replica down now: checked before it is first written to
-                    continue
-                raise StoreUnavailable("redis_unreachable", f"durability check of {node.name}: {got!r}"[:200])
-            if isinstance(got, BaseException):
-                raise got
-            answered[node.name] = got
-        self._node_waitaof.update(use_waitaof_per_node(self.durability.mode, answered))
 
     async def append(
         self, events: Mapping[str, Sequence[EventRecord]], max_len: int, domains: Sequence[str] = ()
@@ -241,8 +214,8 @@ class RedisSequenceStore:
     ) -> tuple[dict[str, Any], list[Any]]:
         """A script call per user of ``how`` (command, script or sha) in one pipeline ending with the wait: each
         user's reply, and the wait's reply (none without a wait)."""
-        if isinstance(self._client, AsyncRedisCluster) and self._waits_per_node:
-            return await self._write_per_node(self._client, how, calls)
+        if self._nodes is not None:
+            return await self._nodes.write(how, calls)
         wait = self.durability.command(bool(self._waitaof))
         pipe = self._client.pipeline(transaction=False)
         for user, (command, script) in how.items():
@@ -255,113 +228,6 @@ class RedisSequenceStore:
         except StoreUnavailable as exc:  # sent, maybe executed: only a retry with the same event ids can tell
             raise OutcomeUnknown(exc.reason, exc.detail) from exc
         return dict(zip(how, replies, strict=False)), replies[len(how) :]
-
-    @property
-    def _waits_per_node(self) -> bool:
-        return self.durability.mode == "fsync" or self.durability.wait_replicas > 0
-
-    async def _write_per_node(
-        self,
-        client: AsyncRedisCluster,
-        how: Mapping[str, tuple[str, str]],
-        calls: Mapping[str, tuple[list[str], list[str | int]]],
-    ) -> tuple[dict[str, Any], list[Any]]:
-        """``_write`` on a cluster with a wait: users grouped by the node that owns their slot (the client's slot
-        map), and per node ONE pipeline on one connection: its users' script calls, then the wait, so the wait
-        covers exactly them. A MOVED or ASK reply means Redis refused the call before running it (nothing
-        written): the client's slot map is corrected the way redis-py does it (``move_slot``; ASKING on the
-        named node) and those users are sent again, at most ``REDIRECTS`` times. A node that fails (connection
-        lost, timeout) leaves its users' outcome unknown and has the client reload its slot map on the next
-        call, which is how a promoted replica is found."""
-        per_user: dict[str, Any] = {}
-        waits: list[Any] = []
-        asking: dict[str, ClusterNode] = {}  # users an ASK sent to another node (a slot being migrated)
-        todo = list(how)
-        try:
-            async with asyncio.timeout(self.write_timeout_s):
-                await client.initialize()
-                for _ in range(1 + REDIRECTS):
-                    groups: dict[str, tuple[ClusterNode, list[str]]] = {}
-                    for user in todo:
-                        node = asking.get(user) or client.get_node_from_key(calls[user][0][0])
-                        assert node is not None  # get_node_from_key raises SlotNotCoveredError instead
-                        groups.setdefault(node.name, (node, []))[1].append(user)
-                    if self.durability.mode == "fsync" and (
-                        new := [n for n, _ in groups.values() if n.name not in self._node_waitaof]
-                    ):
-                        await self._check_nodes(new)  # a node first seen now (e.g. promoted, added)
-                    sent = [(node, users, self._node_write(node, users, how, calls, asking))
-                            for node, users in groups.values()]  # fmt: skip
-                    results = await asyncio.gather(*(w for _, _, w in sent), return_exceptions=True)
-                    todo = []
-                    for (node, users, _), result in zip(sent, results, strict=True):
-                        todo += await self._node_outcome(client, node, users, result, per_user, waits, asking)
-                    if not todo:
-                        break
-        except TimeoutError as exc:
-            raise OutcomeUnknown("redis_timeout", f"no answer within {self.write_timeout_s * 1e3:.0f} ms") from exc
-        except (RedisError, OSError) as exc:  # the slot map could not be loaded: nothing was sent
-            raise StoreUnavailable("redis_unreachable", type(exc).__name__) from exc
-        return per_user, waits
-
-    async def _node_write(
-        self,
-        node: ClusterNode,
-        users: Sequence[str],
-        how: Mapping[str, tuple[str, str]],
-        calls: Mapping[str, tuple[list[str], list[str | int]]],
-        asking: Mapping[str, ClusterNode],
-    ) -> tuple[list[Any], Any]:
-        """One node's pipeline (redis-py's ``ClusterNode.execute_pipeline``: one connection of the cluster
-        client's pool for that node): the users' replies and the wait's (``NO_WAIT`` when none is sent)."""
-        commands: list[PipelineCommand] = []
-        at: list[int] = []
-        for user in users:
-            if user in asking:  # ASKING holds for the next command of this connection only
-                commands.append(PipelineCommand(len(commands), "ASKING"))
-            (command, script), (keys, args) = how[user], calls[user]
-            at.append(len(commands))
-            commands.append(PipelineCommand(len(commands), command, script, len(keys), *keys, *args))
-        wait = self.durability.command(self._node_waitaof.get(node.name, False))
-        if wait is not None:
-            commands.append(PipelineCommand(len(commands), *wait))
-        await node.execute_pipeline(commands)
-        return [commands[i].result for i in at], commands[-1].result if wait is not None else NO_WAIT
-
-    async def _node_outcome(
-        self,
-        client: AsyncRedisCluster,
-        node: ClusterNode,
-        users: Sequence[str],
-        result: tuple[list[Any], Any] | BaseException,
-        per_user: dict[str, Any],
-        waits: list[Any],
-        asking: dict[str, ClusterNode],
-    ) -> list[str]:
-        """Record one node's replies; the users to send again (redirected: not run)."""
-        if isinstance(result, BaseException):
-            if not isinstance(result, Exception):
-                raise result  # cancelled: the caller's budget is spent
-            result = ([result] * len(users), result)  # the node failed: its users' outcome is unknown
-        replies, wait = result
-        again: list[str] = []
-        ran = False
-        for user, r in zip(users, replies, strict=True):
-            asking.pop(user, None)
-            per_user[user] = r  # kept when the redirects run out: an unknown outcome
-            if isinstance(r, MovedError):  # the slot has moved (failover, resharding)
-                await client.nodes_manager.move_slot(r)
-                again.append(user)
-            elif isinstance(r, AskError) and (to := client.get_node(r.host, r.port)) is not None:
-                asking[user] = to  # the slot is migrating and the user's keys are on ``to`` already
-                again.append(user)
-            else:
-                ran = ran or not isinstance(r, Exception)
-        if any(isinstance(r, (RedisConnectionError, RedisTimeoutError, OSError)) for r in (*replies, wait)):
-            await client.aclose()  # as redis-py's cluster pipeline does: reload the slot map on the next call
-        if ran and wait is not NO_WAIT:
-            waits.append(wait)
-        return again
 
     async def add_texts(self, domain: str, texts: Mapping[str, str]) -> dict[str, str]:
         pipe = self._client.pipeline(transaction=False)
