@@ -9,7 +9,8 @@ Configurations, each its own server(s) on loopback, AOF in a temporary directory
 (everysec plus one replica, ``WAIT 1``); then, unless ``--no-cluster``, the same on a Redis Cluster of 3 masters +
 3 replicas (tests/cluster.py, AOF everysec on every node): ``cluster:reply`` and ``cluster:reply+wait1``
 (``redis.wait_replicas=1``: the node's pipeline ends with ``WAIT 1`` on the same connection,
-service.cluster_writes). Each write is one ``RedisSequenceStore.append`` (the service's write
+service.cluster_writes), each also with writes of ``SPREAD`` users at once (``x6users``: a batch reaching several
+masters). Each write is one ``RedisSequenceStore.append`` (the service's write
 path: one Lua script call per user, then the wait) of ``--batch`` events for one random user, sequential
 (concurrency 1). The configurations take turns in ``--rounds`` rounds to share the box's noise. Prints p50/p99
 ms and writes/s per configuration and the ratio to ``reply``; writes docs/results.json (bench "durability") and
@@ -46,6 +47,7 @@ CONFIGS: dict[str, tuple[tuple[str, ...], Mode, int]] = {  # name -> (server opt
     "reply+wait1": (("--appendonly", "yes", "--appendfsync", "everysec"), "reply", 1),
 }
 CLUSTER_CONFIGS: dict[str, tuple[Mode, int]] = {"cluster:reply": ("reply", 0), "cluster:reply+wait1": ("reply", 1)}
+SPREAD = 6  # users per write in the ``x6users`` cluster rows: a batch that reaches every master (or nearly)
 
 
 def free_port() -> int:
@@ -57,11 +59,15 @@ def free_port() -> int:
         return port
 
 
-async def timed_writes(store: RedisSequenceStore, n: int, batch: int, rng: np.random.Generator) -> list[float]:
+async def timed_writes(
+    store: RedisSequenceStore, n: int, batch: int, rng: np.random.Generator, users: int = 1
+) -> list[float]:
     out = []
     for _ in range(n):
-        user = f"u{int(rng.integers(1_000_000))}"
-        events = {user: [EventRecord("music", f"m{int(i)}", None) for i in rng.integers(1, 1000, batch)]}
+        events = {
+            f"u{int(u)}": [EventRecord("music", f"m{int(i)}", None) for i in rng.integers(1, 1000, batch)]
+            for u in rng.integers(1_000_000, size=users)
+        }
         start = time.perf_counter()
         await store.append(events, 50, ["music"])
         out.append((time.perf_counter() - start) * 1e3)
@@ -100,12 +106,12 @@ async def run(ns: argparse.Namespace, root: Path) -> dict[str, list[float]]:
         rng = np.random.default_rng(0)
         lat: dict[str, list[float]] = {name: [] for name in stores}
         per_round = ns.writes // ns.rounds
-        for store in stores.values():  # warm-up: script loaded, connections open
-            await timed_writes(store, 20, ns.batch, rng)
+        for name, store in stores.items():  # warm-up: script loaded, connections open
+            await timed_writes(store, 20, ns.batch, rng, users_per_write(name))
         with tqdm(total=per_round * ns.rounds * len(stores), desc="event writes", unit="write") as bar:
             for _ in range(ns.rounds):
                 for name, store in stores.items():
-                    lat[name] += await timed_writes(store, per_round, ns.batch, rng)
+                    lat[name] += await timed_writes(store, per_round, ns.batch, rng, users_per_write(name))
                     bar.update(per_round)
         return lat
     finally:
@@ -134,14 +140,19 @@ async def cluster_stores(
     wait_ms = round(settings.write_timeout_s * WAIT_SHARE * 1000)
     stores = {}
     for name, (mode, replicas) in CLUSTER_CONFIGS.items():
-        cs = settings.model_copy(update={"cluster": True})
-        stores[name] = RedisSequenceStore(
-            client_for(cluster.url, cs),
-            write_timeout_s=cs.write_timeout_s,
-            durability=Durability(mode, replicas, wait_ms),
-        )
-        await stores[name].check_durability()
+        for key in (name, f"{name} x{SPREAD}users"):
+            cs = settings.model_copy(update={"cluster": True})
+            stores[key] = RedisSequenceStore(
+                client_for(cluster.url, cs),
+                write_timeout_s=cs.write_timeout_s,
+                durability=Durability(mode, replicas, wait_ms),
+            )
+            await stores[key].check_durability()
     return stores
+
+
+def users_per_write(name: str) -> int:
+    return SPREAD if name.endswith("users") else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             f"average {load:.2f} at the end."
             + (
                 " `cluster:` rows: a Redis Cluster of 3 masters + 3 replicas on the same box (AOF everysec on every "
-                "node), each write one user's events on that user's master."
+                f"node), each write one user's events on that user's master; `x{SPREAD}users`: each write "
+                f"{SPREAD} random users' events (one batch, spread over the masters: per node one pipeline, in "
+                "parallel)."
                 if ns.cluster
                 else ""
             ),
