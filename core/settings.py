@@ -56,9 +56,15 @@ class RedisSettings(BaseModel):
     durability: Literal["reply", "fsync"] = Field(
         "reply",
         description="an event is acknowledged after Redis' reply (reply) or once it is on Redis' disk (fsync: "
-        "WAITAOF on Redis >= 7.2, else the server must run appendonly yes + appendfsync always; checked at start)",
+        "WAITAOF on Redis >= 7.2, else the server must run appendonly yes + appendfsync always; checked at start; "
+        "on a cluster checked on every node, replicas included)",
     )
-    wait_replicas: int = Field(0, ge=0, description="after event writes, WAIT for this many replicas (0 = none)")
+    wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="after event writes, WAIT for this many replicas (0 = none); on a cluster each master written "
+        "waits for this many of its own replicas, on the connection that wrote",
+    )
     user_ttl_s: int | None = Field(
         None, ge=1, description="expire a user's lists and cached vectors this long after their last event"
     )

@@ -12,10 +12,18 @@
 
 The wait shares the write pipeline's connection (WAIT/WAITAOF wait for that connection's earlier writes) and
 its round trip. Its timeout is ``WAIT_SHARE`` of ``write_timeout_s``, leaving the rest for the round trip.
+
+On a Redis Cluster (service.redis_store) each node that owns users of a batch gets its own pipeline on one of
+its connections: that node's script calls, then the wait, so each WAIT/WAITAOF covers exactly the writes of its
+node; the batch is acknowledged only when every node's wait is. ``fsync`` is checked on every node the client
+knows at start, replicas included (a replica is the master after a failover), and on a node first seen later
+before the first write to it: ``use_waitaof_per_node`` gives each node's way (WAITAOF from 7.2, else
+``appendfsync always``) and its refusal names every node that gives neither.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -81,3 +89,26 @@ def use_waitaof(mode: Mode, version: tuple[int, ...], config: dict[str, str]) ->
             "always), upgrade to Redis >= 7.2, or set CDREC_REDIS__DURABILITY=reply"
         )
     return False
+
+
+def use_waitaof_per_node(mode: Mode, nodes: Mapping[str, tuple[tuple[int, ...], dict[str, str]]]) -> dict[str, bool]:
+    """``use_waitaof`` for each cluster node (name -> (version, CONFIG GET append*)); ``DurabilityRefused`` naming
+    every node that cannot give ``mode``, with what it runs, when any cannot."""
+    way: dict[str, bool] = {}
+    lacking: list[str] = []
+    for name, (version, config) in sorted(nodes.items()):
+        try:
+            way[name] = use_waitaof(mode, version, config)
+        except DurabilityRefused:
+            found = ", ".join(f"{k} {v}" for k, v in sorted(config.items()) if k in ("appendonly", "appendfsync"))
+            lacking.append(f"{name} (Redis {'.'.join(map(str, version)) or 'unknown'}: {found or 'no AOF'})")
+    if lacking:
+        raise DurabilityRefused(
+            "CDREC_REDIS__DURABILITY=fsync on a Redis Cluster needs every node, replicas included (a replica is "
+            "the master after a failover), to fsync each write before it answers; these nodes do not: "
+            + "; ".join(lacking)
+            + ". Run each with --appendonly yes --appendfsync always (CONFIG SET appendfsync always, then CONFIG "
+            "REWRITE), upgrade every node to Redis >= 7.2 (WAITAOF) with --appendonly yes, or set "
+            "CDREC_REDIS__DURABILITY=reply"
+        )
+    return way

@@ -21,6 +21,9 @@ once on a fresh one; timeouts are not retried, since their budget is already spe
 With ``RedisSettings.cluster`` the client is redis-py's ``redis.asyncio.cluster.RedisCluster`` (the URL names any
 node): its pipelines split by node, every command here touches one slot, and after a failover (connection error,
 MOVED) it reloads the slot map by itself, so the service answers degraded meanwhile and recovers without restart.
+With a wait for durability (``redis.wait_replicas`` > 0, ``durability=fsync``) a cluster append goes through
+service.cluster_writes instead: per node one pipeline of its users' script calls ending with the wait, on the
+same connection, so each WAIT/WAITAOF covers exactly that node's writes.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from core.redis_keys import emb_key, item_texts_key, item_vectors_key, seq_key
 from core.settings import RedisSettings
 from service.append_script import APPEND_EVENTS, APPEND_SHA, append_call
-from service.durability import WAIT_SHARE, Durability, DurabilityRefused, server_version, use_waitaof
+from service.cluster_writes import NodeWrites
+from service.durability import WAIT_SHARE, Durability, server_version, use_waitaof
 from service.ports import Appended, BadKey, EventRecord, OutcomeUnknown, StoreUnavailable
 
 # KEYS[1] = the domain's item text hash; ARGV = id1, text1, id2, text2, ...: when an id already holds ANOTHER text,
@@ -100,6 +104,11 @@ class RedisSequenceStore:
         self.ttl_ms = 0 if user_ttl_s is None else max(1, round(user_ttl_s * 1000))
         self.durability = durability or Durability(timeout_ms=max(1, round(write_timeout_s * WAIT_SHARE * 1000)))
         self._waitaof: bool | None = None  # how ``fsync`` is given, once checked against the server
+        # on a cluster, a wait for durability runs per node (service.cluster_writes)
+        waits = self.durability.mode == "fsync" or self.durability.wait_replicas > 0
+        self._nodes: NodeWrites | None = None
+        if waits and isinstance(client, AsyncRedisCluster):
+            self._nodes = NodeWrites(client, self.durability, write_timeout_s)
 
     @classmethod
     def from_url(cls, url: str, settings: RedisSettings) -> RedisSequenceStore:
@@ -158,19 +167,15 @@ class RedisSequenceStore:
 
     async def check_durability(self) -> None:
         """Check once that the server gives ``redis.durability`` (service.durability); ``DurabilityRefused``
-        says what to change. StoreUnavailable when Redis does not answer (checked again before a write)."""
-        if isinstance(self._client, AsyncRedisCluster) and (
-            self.durability.mode == "fsync" or self.durability.wait_replicas > 0
-        ):
-            # WAIT / WAITAOF count the writes of their own connection; a cluster pipeline writes through one
-            # connection per node and has no way to end each of them with a WAIT, so the wait would prove nothing
-            raise DurabilityRefused(
-                "redis.durability=fsync and redis.wait_replicas > 0 are not supported with redis.cluster=true yet "
-                "(WAIT/WAITAOF must run on each node's write connection): set CDREC_REDIS__DURABILITY=reply and "
-                "CDREC_REDIS__WAIT_REPLICAS=0, or use a single Redis with replicas"
-            )
+        says what to change. StoreUnavailable when Redis does not answer (checked again before a write).
+        On a cluster every node the client knows is checked, replicas included; one that does not answer now is
+        checked before the first write to it."""
         if self._waitaof is not None or self.durability.mode == "reply":
             self._waitaof = False
+            return
+        if self._nodes is not None:
+            await self._nodes.check_all()
+            self._waitaof = False  # per node: NodeWrites.waitaof
             return
         pipe = self._client.pipeline(transaction=False)
         pipe.info("server")
@@ -184,13 +189,12 @@ class RedisSequenceStore:
         if self._waitaof is None:
             await self.check_durability()  # before anything is written: a refusal leaves nothing behind
         calls = {u: append_call(u, recs, max_len, domains, self.dedup_ms, self.ttl_ms) for u, recs in events.items()}
-        wait = self.durability.command(bool(self._waitaof))
-        replies = await self._write({u: ("EVALSHA", APPEND_SHA) for u in calls}, calls, wait)
-        per_user = dict(zip(calls, replies, strict=False))
+        per_user, waits = await self._write({u: ("EVALSHA", APPEND_SHA) for u in calls}, calls)
         missing = {u: ("EVAL", APPEND_EVENTS) for u, r in per_user.items() if isinstance(r, NoScriptError)}
         if missing:  # the server does not have the script yet (first use, restart, SCRIPT FLUSH): send it whole
-            replies = await self._write(missing, calls, wait)
-            per_user.update(zip(missing, replies, strict=False))
+            again, more = await self._write(missing, calls)
+            per_user.update(again)
+            waits += more
         appended = duplicates = 0
         for user, r in per_user.items():
             if isinstance(r, ResponseError) and str(r).startswith("WRONGTYPE"):
@@ -198,17 +202,21 @@ class RedisSequenceStore:
             if isinstance(r, Exception):
                 raise OutcomeUnknown("redis_write_failed", repr(r)[:200])
             appended, duplicates = appended + int(r[0]), duplicates + int(r[1])
-        if wait is not None and (short := self.durability.short(replies[-1])) is not None:
-            raise OutcomeUnknown("redis_not_durable", short)
+        for w in waits:  # one per pipeline that wrote: every node's (cluster) must be durable
+            if isinstance(w, Exception):
+                raise OutcomeUnknown("redis_wait_failed", str(w)[:200])
+            if (short := self.durability.short(w)) is not None:
+                raise OutcomeUnknown("redis_not_durable", short)
         return Appended(appended, duplicates)
 
     async def _write(
-        self,
-        how: Mapping[str, tuple[str, str]],
-        calls: Mapping[str, tuple[list[str], list[str | int]]],
-        wait: tuple[str | int, ...] | None,
-    ) -> list[Any]:
-        """One pipeline: a script call per user of ``how`` (command, script or sha), then ``wait``."""
+        self, how: Mapping[str, tuple[str, str]], calls: Mapping[str, tuple[list[str], list[str | int]]]
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """A script call per user of ``how`` (command, script or sha) in one pipeline ending with the wait: each
+        user's reply, and the wait's reply (none without a wait)."""
+        if self._nodes is not None:
+            return await self._nodes.write(how, calls)
+        wait = self.durability.command(bool(self._waitaof))
         pipe = self._client.pipeline(transaction=False)
         for user, (command, script) in how.items():
             keys, args = calls[user]
@@ -219,9 +227,7 @@ class RedisSequenceStore:
             replies = await self._run(pipe, self.write_timeout_s, raise_on_error=False)
         except StoreUnavailable as exc:  # sent, maybe executed: only a retry with the same event ids can tell
             raise OutcomeUnknown(exc.reason, exc.detail) from exc
-        if wait is not None and isinstance(replies[-1], Exception):
-            raise OutcomeUnknown("redis_wait_failed", str(replies[-1])[:200])
-        return replies
+        return dict(zip(how, replies, strict=False)), replies[len(how) :]
 
     async def add_texts(self, domain: str, texts: Mapping[str, str]) -> dict[str, str]:
         pipe = self._client.pipeline(transaction=False)

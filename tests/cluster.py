@@ -45,6 +45,24 @@ class ClusterNode(RedisServer):
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         return self
 
+    def restart(self) -> ClusterNode:
+        """Start a killed node again on its port and nodes.conf (it rejoins; a stale master becomes a replica)."""
+        self.start()
+        _wait(lambda: self.client().ping())
+        return self
+
+    def node_id(self) -> str:
+        with self.client() as c:
+            return str(c.execute_command("CLUSTER MYID"))
+
+    def read_as_replica(self, key: str) -> list[str]:
+        """LRANGE of ``key`` on this node when it is a replica: READONLY first, on the same connection."""
+        with self.client() as c:
+            pipe = c.pipeline(transaction=False)
+            pipe.execute_command("READONLY")
+            pipe.lrange(key, 0, -1)
+            return list(pipe.execute()[1])
+
 
 class RedisClusterServer:
     """``masters`` masters, each with ``replicas`` replica(s); ``url`` names the first node."""
@@ -103,6 +121,23 @@ class RedisClusterServer:
             assert node is not None
             return next(n for n in self.nodes if n.port == node.port)
 
+    def replica_of(self, master: ClusterNode, timeout_s: float = 15) -> ClusterNode:
+        """The live node replicating ``master`` with its link up (ROLE), waiting for one at most ``timeout_s``."""
+        found: list[ClusterNode] = []
+
+        def linked() -> bool:
+            for node in self.nodes:
+                if node.proc is not None and node is not master:
+                    with node.client() as c:
+                        role = c.execute_command("ROLE")
+                    if role[0] == "slave" and int(role[2]) == master.port and role[3] == "connected":
+                        found.append(node)
+                        return True
+            return False
+
+        _wait(linked, timeout_s)
+        return found[0]
+
     def flushall(self) -> None:
         # node by node (RedisCluster's multi-node FLUSHALL left a socket open): masters flush, replicas refuse
         for node in self.nodes:
@@ -126,7 +161,7 @@ def _wait(check: object, timeout_s: float = 15) -> None:
         except (redis.RedisError, OSError):
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"cluster not ready within {timeout_s} s")
+            raise TimeoutError(f"cluster not ready within {timeout_s} s ({getattr(check, '__name__', check)})")
         time.sleep(0.05)
 
 

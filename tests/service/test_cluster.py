@@ -218,23 +218,3 @@ def test_item_texts_the_demo_seeder_and_added_items_work_on_a_cluster(
     assert demo_seed(redis_cluster.url, sequences, max_len=5, cluster=True) == 40
     assert rc.lrange(seq_key("d-7", "music"), 0, -1) == [f"m{j}".encode() for j in range(7, 12)]
     assert rc.hlen(item_texts_key("office")) == 2
-
-
-@pytest.mark.parametrize("setting", [{"wait_replicas": 1}, {"durability": "fsync"}])
-def test_a_wait_for_durability_on_a_cluster_is_refused_rather_than_pretended(
-    redis_cluster: RedisClusterServer, setting: dict[str, object]
-) -> None:
-    from service.durability import DurabilityRefused
-
-    store = RedisSequenceStore.from_url(redis_cluster.url, RedisSettings(cluster=True, **setting))  # type: ignore[arg-type]
-
-    async def go() -> None:
-        try:
-            with pytest.raises(DurabilityRefused, match=r"not supported with redis\.cluster=true"):
-                await store.check_durability()
-            with pytest.raises(DurabilityRefused):  # nor does a write go through unchecked
-                await store.append({"u-1": [EventRecord("music", "m1")]}, max_len=4)
-        finally:
-            await store.aclose()
-
-    asyncio.run(go())

@@ -1,15 +1,17 @@
-"""Failover on a real Redis Cluster: a master is killed (SIGKILL) under a bounded loop of requests; its replica is
-promoted (cluster-node-timeout 1 s); the service answers degraded meanwhile (never a 5xx on reads, 503 = not
-acknowledged on writes) and recovers without a restart; every acknowledged event is there afterwards.
+"""Failover on a real Redis Cluster, with the service configured for ``redis.wait_replicas=1``: a master is killed
+(SIGKILL) under a bounded loop of requests; its replica is promoted (cluster-node-timeout 1 s); the service answers
+degraded meanwhile (never a 5xx on reads; 503 = not acknowledged on writes, retried by the client with the same
+event id) and recovers without a restart; every acknowledged event is there afterwards.
 
-Acknowledged here means 200 *and* replicated: the test issues ``WAIT 1`` on the user's master after each 200 (the
-durability setting ``wait_replicas`` does that inside the service once it exists); a write acknowledged by the
-master alone may die with it, which is what WAIT is for."""
+Acknowledged = 200 from the service, whose write pipeline ends each node's script calls with ``WAIT 1`` on the
+same connection (service.redis_store): the test issues no WAIT of its own. While the promoted master has no
+replica yet, its users' events cannot be acknowledged (WAIT 1 answers 0): 503 until the killed node is back,
+rejoined as the new master's replica."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from core.redis_keys import seq_key
 from service.app import create_app
 from tests.cluster import RedisClusterServer
 from tests.service.conftest import CLUSTER_URLS, auth, make_settings
+from tests.service.test_event_ids import with_redis
 
 USERS = [f"fo-{i}" for i in range(12)]
 
@@ -36,11 +39,12 @@ def test_a_killed_master_fails_over_with_degraded_answers_no_5xx_and_no_acknowle
 ) -> None:
     victim_user = USERS[0]
     victim = cluster.master_of(seq_key(victim_user, "music"))
-    other = next(n for n in cluster.nodes if n is not victim)  # the test reaches the cluster through a live node
+    on_victim = {u for u in USERS if cluster.master_of(seq_key(u, "music")) is victim}
+    other = next(n for n in cluster.nodes if n is not victim)  # the service reaches the cluster through a live node
     acked: dict[str, list[str]] = {u: [] for u in USERS}
-    strategies: list[str] = []
+    steps: list[tuple[str, int, str]] = []  # (user written, its status, the victim's recommend strategy)
     settings = make_settings(service_artifacts, f"redis://127.0.0.1:{other.port}/0", redis_timeout_s=0.3)
-    settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"cluster": True})})
+    settings = with_redis(settings, cluster=True, wait_replicas=1, write_timeout_s=1.0)
     n = 0
 
     def step(c: TestClient) -> tuple[int, str]:
@@ -48,36 +52,47 @@ def test_a_killed_master_fails_over_with_degraded_answers_no_5xx_and_no_acknowle
         n += 1
         user = USERS[n % len(USERS)]
         item = f"m{n % 40 + 1}"
-        r = c.post("/v1/events", json={"user_id": user, "domain": "music", "item_id": item}, headers=auth())
+        event = {"user_id": user, "domain": "music", "item_id": item, "event_id": f"e-{n}"}
+        r = c.post("/v1/events", json=event, headers=auth())
         assert r.status_code in (200, 503), r.text  # 503: not acknowledged, the client retries
         if r.status_code == 200:
-            master = cluster.master_of(seq_key(user, "music"))
-            with master.client() as m:
-                if m.execute_command("WAIT", 1, 2000) >= 1:
-                    acked[user].append(item)
+            acked[user].append(item)
+        else:
+            assert r.json()["error"]["code"] in ("outcome_unknown", "redis_unavailable"), r.text
         rec = c.post("/v1/recommend", json={"user_id": victim_user, "domain": "music", "k": 5})
         assert rec.status_code == 200, rec.text  # degraded, never a 5xx
-        strategies.append(rec.json()["strategy"])
+        steps.append((user, r.status_code, rec.json()["strategy"]))
         return r.status_code, rec.json()["strategy"]
+
+    def until(done: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s  # bounded: every wait of this test has a deadline
+        while not done():
+            assert time.monotonic() < deadline, f"{what} not within {timeout_s} s: last steps {steps[-8:]}"
+            time.sleep(0.05)
 
     with TestClient(create_app(settings)) as c:
         for _ in range(40):  # warm: every user has history, the victim is served from it
-            step(c)
-        assert strategies[-1] == "gur"
+            assert step(c)[0] == 200, steps[-1]
+        assert steps[-1][2] == "gur"
         victim.kill()
-        killed_at = len(strategies)
-        recovered = False
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # bounded: until the promoted replica serves the victim's slot again
-            code, strategy = step(c)
-            if code == 200 and strategy == "gur" and len(strategies) > killed_at + 5:
-                recovered = True
-                break
-            time.sleep(0.05)
-        assert recovered, f"no recovery: strategies after the kill {strategies[killed_at:][-10:]}"
-        assert "popular" in strategies[killed_at:], "the outage was never seen (degraded answers expected)"
-        for _ in range(10):  # and it stays recovered, without a restart
-            assert step(c) == (200, "gur")
+        killed_at = len(steps)
+        # 1. the replica is promoted and the client finds it by itself: the victim is served from history again
+        until(lambda: step(c)[1] == "gur" and len(steps) > killed_at + 5, "read recovery after the failover")
+        assert "popular" in {s for _, _, s in steps[killed_at:]}, "the outage was never seen (degraded expected)"
+        promoted = cluster.master_of(seq_key(victim_user, "music"))
+        assert promoted is not victim
+        # 2. the promoted master has no replica: its users' events are not acknowledged (WAIT 1 answers 0)
+        no_replica_at = len(steps)
+        for _ in range(len(USERS)):
+            step(c)
+        assert all(code == 503 for u, code, _ in steps[no_replica_at:] if u in on_victim), steps[no_replica_at:]
+        assert any(code == 200 for u, code, _ in steps[no_replica_at:] if u not in on_victim)
+        # 3. the killed node comes back as the new master's replica: writes to its users are acknowledged again
+        victim.restart()
+        assert cluster.replica_of(promoted, timeout_s=30) is victim
+        until(lambda: step(c)[0] == 200 and steps[-1][0] in on_victim, "acknowledged writes on the promoted master")
+        for _ in range(12):  # and it stays recovered, without a restart of the service
+            assert step(c) == (200, "gur"), steps[-1]
         assert c.get("/readyz").status_code == 200
 
     cluster.wait_ok()
@@ -88,3 +103,4 @@ def test_a_killed_master_fails_over_with_degraded_answers_no_5xx_and_no_acknowle
             kept = items[-len(stored) :] if stored else []
             assert all(x in it for x in kept), (user, items, stored)
     assert sum(map(len, acked.values())) > 40
+    assert any(acked[u] for u in on_victim)

@@ -1,7 +1,8 @@
 """``redis.durability`` and ``redis.wait_replicas`` on real redis-servers (issue 15 item 7): ``fsync`` on the
 6.2 server here needs ``appendfsync always`` (checked at start, refused otherwise, naming the fix); WAIT with a
 real replica, and an unknown outcome when fewer replicas acknowledge. WAITAOF (Redis >= 7.2) is chosen by
-version: its command and reply handling are tested as functions, since no 7.2 server is available here."""
+version: its command and reply handling are tested as functions, since no 7.2 server is available here. The same
+on a Redis Cluster (per node): tests/service/test_cluster_durability.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from core.redis_keys import seq_key
 from service.app import StartupError, create_app
-from service.durability import Durability, DurabilityRefused, use_waitaof
+from service.durability import Durability, DurabilityRefused, use_waitaof, use_waitaof_per_node
 from tests.service.conftest import RedisServer, auth, make_settings
 from tests.service.test_event_ids import with_redis
 
@@ -134,3 +135,17 @@ def test_the_wait_command_and_its_reply() -> None:
     assert fsync.short([1, 1]) is None and fsync.short(1) is None
     assert fsync.short([0, 1]) == "the write was not fsynced to the AOF in time"
     assert fsync.short([1, 0]) == "0 of 1 replicas acknowledged in time"
+
+
+def test_fsync_on_a_cluster_is_given_per_node_and_the_refusal_names_every_node_that_cannot() -> None:
+    always = {"appendonly": "yes", "appendfsync": "always"}
+    everysec = {"appendonly": "yes", "appendfsync": "everysec"}
+    nodes = {"a:1": ((7, 2, 4), everysec), "b:2": ((6, 2, 14), always)}
+    assert use_waitaof_per_node("fsync", nodes) == {"a:1": True, "b:2": False}  # WAITAOF where the node has it
+    nodes |= {"c:3": ((6, 2, 14), everysec), "d:4": ((7, 4, 0), {"appendonly": "no"})}
+    with pytest.raises(DurabilityRefused) as info:
+        use_waitaof_per_node("fsync", nodes)
+    message = str(info.value)
+    assert "c:3 (Redis 6.2.14: appendfsync everysec, appendonly yes)" in message
+    assert "d:4 (Redis 7.4.0: appendonly no)" in message
+    assert "a:1" not in message and "b:2" not in message
