@@ -38,7 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from core.redis_keys import emb_key, item_texts_key, item_vectors_key, seq_key
 from core.settings import RedisSettings
@@ -131,7 +131,7 @@ class RedisSequenceStore:
             raise StoreUnavailable("redis_timeout", f"no answer within {timeout_s * 1e3:.0f} ms") from exc
         except ResponseError as exc:  # the server answered, with an error (OOM, LOADING, READONLY, ...)
             raise StoreUnavailable("redis_error", str(exc)[:200]) from exc
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:  # a cluster's SlotNotCoveredError is no RedisError
             raise StoreUnavailable("redis_unreachable", type(exc).__name__) from exc
         finally:
             await pipe.reset()
@@ -267,7 +267,7 @@ class RedisSequenceStore:
                 await self._client.ping()
         except TimeoutError as exc:
             raise StoreUnavailable("redis_timeout", "PING") from exc
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable("redis_unreachable", type(exc).__name__) from exc
 
     async def aclose(self) -> None:

@@ -218,3 +218,24 @@ def test_item_texts_the_demo_seeder_and_added_items_work_on_a_cluster(
     assert demo_seed(redis_cluster.url, sequences, max_len=5, cluster=True) == 40
     assert rc.lrange(seq_key("d-7", "music"), 0, -1) == [f"m{j}".encode() for j in range(7, 12)]
     assert rc.hlen(item_texts_key("office")) == 2
+
+
+def test_a_slot_missing_from_the_cluster_clients_map_is_store_unavailable_not_an_unhandled_error() -> None:
+    """redis-py's SlotNotCoveredError (its slot map lost a slot during a reshard or failover) is no RedisError: it
+    must degrade the request like any unreachable Redis, never escape as a 500 (logic only: a pipeline stand-in)."""
+    from redis.exceptions import SlotNotCoveredError
+
+    from service.ports import StoreUnavailable
+    from service.redis_store import RedisSequenceStore
+
+    class UncoveredPipeline:
+        async def execute(self, raise_on_error: bool = True) -> list[object]:
+            raise SlotNotCoveredError("Slot 866 is not covered by the cluster.")
+
+        async def reset(self) -> None:
+            pass
+
+    store = RedisSequenceStore(client=None)  # type: ignore[arg-type]  # _run only touches the pipeline
+    with pytest.raises(StoreUnavailable) as info:
+        asyncio.run(store._run(UncoveredPipeline(), 0.5))
+    assert info.value.reason == "redis_unreachable" and "SlotNotCovered" in str(info.value)
