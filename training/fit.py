@@ -55,6 +55,7 @@ def fit(
     out: Path | None = None,
     meta: dict[str, Any] | None = None,
     desc: str = "train",
+    items: dict[str, checkpoint.Catalogue] | None = None,
 ) -> FitResult:
     """Run ``train_epoch`` until validation NDCG@10 stops improving; leave ``model`` at its best weights."""
     best, best_epoch, best_state, waited = -1.0, -1, None, 0
@@ -84,5 +85,5 @@ def fit(
     valid = {k: v for k, v in history[best_epoch].items() if k not in ("epoch", "loss")}
     path = None
     if out is not None:
-        path = checkpoint.save(out, model, {**(meta or {}), "valid": valid, "best_epoch": best_epoch})
+        path = checkpoint.save(out, model, {**(meta or {}), "valid": valid, "best_epoch": best_epoch}, items)
     return FitResult(best_epoch, valid, sum(times) / len(times), history, path)

@@ -367,5 +367,6 @@ def run(split: ColdStartSplit, args: BridgeArgs, out: Path | None = None) -> dic
         for name in ("ptupcdr", "emcdr"):
             meta = {"model": name, "data": split.data.name, "source": split.source, "target": split.target,
                     "beta": split.beta, "seed": args.seed, "max_len": args.max_len, "valid": fitted.valid[name]}
-            saved[name] = str(checkpoint.save(out / f"{name}.{pair}.pt", fitted.models[name], meta))
+            items = checkpoint.catalogue(split.data, (split.target, split.source))
+            saved[name] = str(checkpoint.save(out / f"{name}.{pair}.pt", fitted.models[name], meta, items))
     return {"checkpoints": saved, "valid": fitted.valid, "test": test}

@@ -267,7 +267,8 @@ def run(split: ColdStartSplit, args: InductiveArgs, out: Path | None = None) -> 
             meta = {"model": name, "data": split.data.name, "source": split.source, "target": split.target,
                     "beta": split.beta, "seed": args.seed, "best_epoch": stopped.best_epoch, "valid": valid[name]}
             file = "bridge" if name == "bridge-inductive" else name
-            saved[name] = str(checkpoint.save(out / f"{file}.{pair}.pt", model, meta))
+            items = checkpoint.catalogue(split.data, (split.target, split.source))
+            saved[name] = str(checkpoint.save(out / f"{file}.{pair}.pt", model, meta, items))
     test_examples = split.ranking_examples(split.test_users, args.cold_item)  # after every model is fixed
     test = {name: evaluate_ranking(scorer(m), test_examples) for name, (m, _) in models.items()}
     test["popularity"] = evaluate_ranking(pop.score, test_examples)

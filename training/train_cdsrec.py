@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training import checkpoint
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
 from training.fit import FitResult, fit
@@ -108,5 +109,6 @@ def train_cdsrec(
     meta = {"model": name, "data": split.data.name, "target": split.target, "source": split.source,
             "n_target_items": n_target, "pretrained_guru": guru is not None, "args": asdict(args)}
     result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,
-                 out, meta, desc=f"{name} {split.target}")
+                 out, meta, desc=f"{name} {split.target}",
+                 items=checkpoint.catalogue(split.data, (split.target, split.source)) if out is not None else None)
     return model, result, scorer

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training import checkpoint
 from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
@@ -95,5 +96,6 @@ def train_dss(
 
     meta = {"model": "dss", "data": data.name, "target": target, "source": split.source, "n_target_items": n_target}
     result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,
-                 out, meta, desc=f"dss {target}")
+                 out, meta, desc=f"dss {target}",
+                 items=checkpoint.catalogue(data, (target, split.source)) if out is not None else None)
     return model, result, scorer

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from training import checkpoint
 from training.data.batches import encode_histories
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
@@ -179,5 +180,6 @@ def train_guru(
     meta = {"model": "gur", "data": split.data.name, "target": split.target, "source": split.source,
             "n_target_items": n_target, "args": asdict(args)}
     result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,
-                 out, meta, desc=f"gur {split.target}")
+                 out, meta, desc=f"gur {split.target}",
+                 items=checkpoint.catalogue(split.data, (split.target, split.source)) if out is not None else None)
     return model, result, scorer

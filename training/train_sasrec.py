@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training import checkpoint
 from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
@@ -96,5 +97,6 @@ def train_sasrec(
         out,
         meta,
         desc=f"{meta['model']} {target}",
+        items=checkpoint.catalogue(data, (target, split.source)) if out is not None else None,
     )
     return model, result, scorer

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training import checkpoint
 from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.data.text import DEFAULT_CACHE_DIR, DEFAULT_TEXT_MODEL, item_text_vectors
@@ -110,7 +111,8 @@ def pretrain(
     meta = {"model": "unisrec-pretrain", "data": split.data.name, "domain": domain, "target": split.target,
             "selected_on": f"zero-shot valid NDCG@10 on {split.target}"}
     result = fit(model, train_epoch, zero_shot, args.pretrain_epochs, args.pretrain_patience, out, meta,
-                 desc=f"unisrec pretrain {domain}->{split.target}")
+                 desc=f"unisrec pretrain {domain}->{split.target}",
+                 items=checkpoint.catalogue(split.data, (domain,)) if out is not None else None)
     return model, result
 
 
@@ -171,7 +173,8 @@ def finetune(
         **(meta or {}),
     }
     result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,
-                 out, info, desc=f"{name} {target}")
+                 out, info, desc=f"{name} {target}",
+                 items=checkpoint.catalogue(split.data, (target, split.source)) if out is not None else None)
     return model, result, scorer
 
 
