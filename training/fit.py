@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -21,20 +23,36 @@ from training import checkpoint
 SELECT_ON = "NDCG@10"
 
 
-@dataclass
+@pydantic_dataclass
 class SeqArgs:
-    """The options every sequence trainer shares (SASRec, GURU, CDSRec, UniSRec); each trainer's Args extends
-    it (a subclass may redeclare a field to change its default; the field keeps its place)."""
+    """The options every sequence trainer shares (SASRec, GURU, CDSRec, UniSRec, DSS); each trainer's args model
+    extends it (a subclass may redeclare a field to change its default; the field keeps its place). These
+    defaults are the only ones: `cdrec train` reads its flags from these fields (training/config.py), and the
+    recorded bench results were measured with them (batch 128, lr 3e-3)."""
 
-    epochs: int = 30
-    patience: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    max_len: int = 50
+    epochs: int = Field(30, ge=1, description="most training epochs")
+    patience: int = Field(3, ge=1, description="epochs without a better validation NDCG@10 before stopping")
+    batch_size: int = Field(128, ge=1, description="training rows per step")
+    lr: float = Field(3e-3, ge=0, description="AdamW learning rate")
+    dim: int = Field(64, ge=1, description="embedding and hidden size")
+    layers: int = Field(2, ge=1, description="encoder layers")
+    heads: int = Field(2, ge=1, description="attention heads per layer")
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout in the encoder")
+    max_len: int = Field(
+        50, ge=1, description="longest history read, most recent items kept (env: CDREC_DATA__MAX_LEN)"
+    )
+    seed: int = Field(0, description="seed of the weights, the batches, the negatives (and of `--data synthetic`)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    negatives: int = Field(2048, ge=0, description="shared sampled negatives per batch (0: full softmax)")
+
+
+@pydantic_dataclass
+class NextItemArgs(SeqArgs):
+    """Next-item trainers on one domain's sequences with popularity-sampled negatives (SASRec, DSS)."""
+
+    neg_power: float = Field(
+        1.0, ge=0, description="negatives drawn by popularity ** neg_power (0: uniform), logQ-corrected"
+    )
 
 
 @dataclass

@@ -19,12 +19,14 @@ their sum. Closest to the paper: ``--no-shared-base --no-rating-aware --no-warm-
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from core.sequence import encode_batch
 from training import checkpoint
@@ -45,25 +47,27 @@ Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # users, items, ratings
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (users, items) -> predicted ratings
 
 
-@dataclass
+@pydantic_dataclass
 class BridgeArgs:
-    mf: MFArgs = field(default_factory=MFArgs)
-    max_len: int = 100  # most recent source ratings the characteristic encoder reads
-    epochs: int = 40
-    patience: int = 4
-    lr: float = 3e-3
-    bias_lr: float = 1e-2
-    weight_decay: float = 0.0
-    batch_size: int = 32  # users per PTUPCDR step
-    hidden: int = 64
-    emcdr_hidden: int = 0
-    shared_base: bool = True
-    rating_aware: bool = True
-    l1: float = 1.0  # weight of the absolute error in PTUPCDR's task loss
-    select_sum: bool = True  # select PTUPCDR's epoch on valid RMSE + MAE instead of RMSE
-    warm_start: bool = True
-    bias_init: bool = True
-    seed: int = 0
+    """PTUPCDR's and EMCDR's options (`cdrec train bridge ptupcdr`); ``mf``: the MF pretraining's (--mf.dim ...)."""
+
+    mf: MFArgs = Field(default_factory=MFArgs, description="the source and target MF pretraining")
+    max_len: int = Field(100, ge=1, description="most recent source ratings the characteristic encoder reads")
+    epochs: int = Field(40, ge=1, description="most PTUPCDR epochs (EMCDR: 5x)")
+    patience: int = Field(4, ge=1, description="epochs without a better valid error before stopping")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of the bridges")
+    bias_lr: float = Field(1e-2, gt=0, description="learning rate of PTUPCDR's user-bias head")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of the bridges")
+    batch_size: int = Field(32, ge=1, description="users per PTUPCDR step")
+    hidden: int = Field(64, ge=1, description="hidden size of the characteristic encoder and meta network")
+    emcdr_hidden: int = Field(0, ge=0, description="EMCDR's mapping: 0 = linear, else an MLP this wide")
+    shared_base: bool = Field(True, description="the personal bridge sits on a shared linear map")
+    rating_aware: bool = Field(True, description="the characteristic encoder sees each source item's rating")
+    l1: float = Field(1.0, ge=0, description="weight of the absolute error in PTUPCDR's task loss")
+    select_sum: bool = Field(True, description="select PTUPCDR's epoch on valid RMSE + MAE instead of RMSE")
+    warm_start: bool = Field(True, description="start PTUPCDR's shared map at EMCDR's")
+    bias_init: bool = Field(True, description="start the user-bias head at its least-squares fit")
+    seed: int = Field(0, description="seed of the split, the weights and the batches (the MF pretraining's too)")
 
 
 @dataclass

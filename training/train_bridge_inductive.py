@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from core.sequence import encode_batch
 from training import checkpoint
@@ -37,28 +39,34 @@ from training.train_guru import GURUArgs, train_guru
 from training.train_mf import MFArgs, Stopped, fit_min, minibatches, sampler, train_softmax_mf
 
 
-@dataclass
+@pydantic_dataclass
 class InductiveArgs:
-    dim: int = 64
-    max_len: int = 50
-    mf_epochs: int = 4
-    mf_lr: float = 2e-3
-    mf_batch_size: int = 1024
-    negatives: int = 1024
-    epochs: int = 20
-    patience: int = 2
-    lr: float = 1e-3
-    batch_size: int = 256
-    hidden: int = 128
-    encoder: str = "mean"  # s_u: "mean" of source item embeddings | "attention" (own) | "guru" (trains GURU)
-    guru_epochs: int = 4
-    warm_start: bool = False  # start W_0 at the shared bridge's (else at 0: the item-bias ranking)
-    pop_bias: bool = True  # item bias = log(1 + training count) instead of the target MF's
-    tune_tables: bool = False  # fine-tune the pretrained item tables with the task loss (after the warm start)
-    # the cold users' item that selection (and run()'s report) ranks: "first" = their first target item after
-    # their first source item (entering the target domain), "last" = their last target item
-    cold_item: str = "first"
-    seed: int = 0
+    """The inductive bridge's options (`cdrec train bridge inductive`)."""
+
+    dim: int = Field(64, ge=1, description="size of the MF tables and the bridge")
+    max_len: int = Field(50, ge=1, description="most recent source items read (env: CDREC_DATA__MAX_LEN)")
+    mf_epochs: int = Field(4, ge=1, description="epochs of the source and target MF pretraining")
+    mf_lr: float = Field(2e-3, gt=0, description="learning rate of the MF pretraining")
+    mf_batch_size: int = Field(1024, ge=1, description="batch size of the MF pretraining")
+    negatives: int = Field(1024, ge=1, description="sampled negatives per batch (MF pretraining and the bridge)")
+    epochs: int = Field(20, ge=1, description="most bridge epochs")
+    patience: int = Field(2, ge=1, description="epochs without a better valid cold-user NDCG@10 before stopping")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the bridge")
+    batch_size: int = Field(256, ge=1, description="training pairs per bridge step")
+    hidden: int = Field(128, ge=1, description="hidden size of the characteristic encoder and meta network")
+    encoder: str = Field(
+        "mean", description="s_u: mean of source item embeddings | attention (own) | guru (trains GURU first)"
+    )
+    guru_epochs: int = Field(4, ge=1, description="--encoder guru: GURU training epochs")
+    warm_start: bool = Field(False, description="start W_0 at the shared bridge's (else at 0: item-bias ranking)")
+    pop_bias: bool = Field(True, description="item bias = log(1 + training count) instead of the target MF's")
+    tune_tables: bool = Field(False, description="fine-tune the pretrained item tables with the task loss")
+    cold_item: str = Field(
+        "first",
+        description="the cold users' item that selection ranks: first (their first target item after their "
+        "first source item) | last",
+    )
+    seed: int = Field(0, description="seed of the split, the weights and the batches (and of `--data synthetic`)")
 
 
 @dataclass

@@ -21,11 +21,13 @@ as with random batches (office, short-term encoder alone, valid NDCG@10: random 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from training import checkpoint
 from training.data.splits import Examples, NextItemSplit
@@ -39,13 +41,17 @@ from training.train_guru import GURUArgs, NegativeSampler, bucketed_batches, cro
 @dataclass
 class CDSRecArgs(GURUArgs):
     """GURU's options (CDSRec trains or fine-tunes a GURU inside: its losses are the auxiliary ones) and
-    CDSRec's own."""
+    CDSRec's own (`cdrec train cdsrec`)."""
 
-    short_layers: int = 2
-    short_window: int = 0
-    predict_first: bool = False  # also learn each user's first target item from their source history alone
-    source_dropout: float = 0.0  # hide a training row's whole source history with this probability
-    aux_weight: float = 0.5
+    short_layers: int = Field(2, ge=1, description="layers of the short-term target encoder")
+    short_window: int = Field(0, ge=0, description="the short-term encoder reads this many last items (0: all)")
+    predict_first: bool = Field(
+        False, description="also learn each user's first target item from their source history alone"
+    )
+    source_dropout: float = Field(
+        0.0, ge=0, lt=1, description="hide a training row's whole source history with this probability"
+    )
+    aux_weight: float = Field(0.5, ge=0, description="weight of GURU's own losses beside the recommendation loss")
 
 
 def config_from_args(args: CDSRecArgs, n_target: int, n_source: int) -> CDSRecConfig:

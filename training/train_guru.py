@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from training import checkpoint
 from training.data.batches import encode_histories
@@ -125,18 +127,17 @@ def two_domain_scorer(
     return score
 
 
-@dataclass
+@pydantic_dataclass
 class GURUArgs(SeqArgs):
-    encoder: str = "transformer"
-    adversarial: bool = True
-    adv_weight: float = 0.1
-    align_weight: float = 0.1
-    cross: bool = False  # also decode target items from the source GUR (see guru_losses)
-    loss: str = "sampled"  # "sampled" | "bpr" | "ce"
-    negatives: int = 2048
-    pop_mix: float = 1.0  # share of negatives drawn by popularity (the rest uniform)
-    weight_decay: float = 0.0
-    seed: int = 0
+    """GURU's options (`cdrec train guru`; CDSRec's extend them)."""
+
+    encoder: str = Field("transformer", description="the shared sequence encoder: transformer | lstm")
+    adversarial: bool = Field(True, description="train the domain discriminator (adversarial alignment)")
+    adv_weight: float = Field(0.1, ge=0, description="weight of the adversarial loss")
+    align_weight: float = Field(0.1, ge=0, description="weight of the alignment loss")
+    cross: bool = Field(False, description="also decode target items from the source GUR (see guru_losses)")
+    loss: str = Field("sampled", description="recommendation loss: sampled | bpr | ce")
+    pop_mix: float = Field(1.0, ge=0, le=1, description="share of negatives drawn by popularity (the rest uniform)")
 
 
 def train_guru(

@@ -18,22 +18,30 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_settings import CliSuppress
 from tqdm.auto import tqdm
 
 from training.models.mf import MF, MFConfig, rating_loss, sampled_softmax_loss, softmax_loss
 
 
-@dataclass
+@pydantic_dataclass
 class MFArgs:
-    dim: int = 32
-    lr: float = 3e-3
-    reg: float = 0.2
-    epochs: int = 60
-    patience: int = 4
-    batch_size: int = 1024
-    init_std: float = 0.01
-    bias_damping: float = 5.0  # biases start at damped mean deviations (items first, then users)
-    seed: int = 0
+    """Options of the MF pretraining (bridge ptupcdr's --mf.*)."""
+
+    dim: int = Field(32, ge=1, description="MF embedding size")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate")
+    reg: float = Field(0.2, ge=0, description="L2 weight")
+    epochs: int = Field(60, ge=1, description="most epochs")
+    patience: int = Field(4, ge=1, description="epochs without a better held-out error before stopping")
+    batch_size: int = Field(1024, ge=1, description="ratings per step")
+    init_std: float = Field(0.01, gt=0, description="std of the initial embeddings")
+    bias_damping: float = Field(
+        5.0, ge=0, description="biases start at damped mean deviations (items first, then users)"
+    )
+    # `cdrec train bridge ptupcdr` sets it to its --seed: no flag of its own
+    seed: CliSuppress[int] = Field(0, description="seed of the MF weights and batches")
 
 
 @dataclass

@@ -11,26 +11,23 @@ Reads top to bottom: data -> batches -> model -> loop with early stopping on val
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic.dataclasses import dataclass
 
 from training import checkpoint
 from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
-from training.fit import FitResult, SeqArgs, fit
+from training.fit import FitResult, NextItemArgs, fit
 from training.models.sasrec import SASRec, SASRecConfig, popularity_sampler, sequence_loss
 
 
 @dataclass
-class SASRecArgs(SeqArgs):
-    weight_decay: float = 0.0
-    negatives: int = 2048  # 0 = full softmax; >0 = sampled softmax with that many shared negatives
-    neg_power: float = 1.0  # negatives drawn ∝ popularity ** neg_power (0 = uniform), logQ-corrected
-    seed: int = 0
+class SASRecArgs(NextItemArgs):
+    """SASRec's options (`cdrec train sasrec`): the shared ones (training.fit)."""
 
 
 def sasrec_scorer(model: SASRec, max_len: int, n_target: int, merged: bool) -> Callable[[Examples], torch.Tensor]:

@@ -14,13 +14,15 @@ entirely, and the test examples whose target is one of them form the slice.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from training import checkpoint
 from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
@@ -34,30 +36,37 @@ Scorer = Callable[[Examples], torch.Tensor]
 TextTables = dict[str, np.ndarray]  # domain -> (n_items + 1, text_dim) text vectors
 
 
-@dataclass
+@pydantic_dataclass
 class UniSRecArgs(SeqArgs):
-    variant: str = "inductive"  # inductive (text only) | transductive (text + id embedding)
+    """UniSRec's options (`cdrec train unisrec`)."""
+
+    variant: Literal["inductive", "transductive"] = Field(
+        "inductive", description="inductive (text only) | transductive (text + id embedding)"
+    )
     # zero-shot validation on Art-Office peaks after the first pretraining epoch, then drifts to the source domain
-    pretrain_epochs: int = 2  # 0 = no pretraining: fine-tune from scratch
-    pretrain_patience: int = 1
-    epochs: int = 40  # fine-tuning: the inductive model still gained at epoch 25 on Art-Office office
-    pretrain_lr: float = 1e-3
-    experts: int = 8
-    adapter_dropout: float = 0.2
-    temperature: float = 0.07
-    word_drop: float = 0.1  # dropout on the text vectors of the word-drop view (pretraining)
-    item_drop: float = 0.2  # share of history items dropped in the item-drop view (pretraining)
-    ssl_weight: float = 0.1  # weight of the sequence-sequence loss in pretraining
+    pretrain_epochs: int = Field(2, ge=0, description="pretraining epochs (0: no pretraining, fine-tune from scratch)")
+    pretrain_patience: int = Field(1, ge=1, description="pretraining epochs without a better zero-shot NDCG@10")
+    # fine-tuning: the inductive model still gained at epoch 25 on Art-Office office
+    epochs: int = Field(40, ge=1, description="most fine-tuning epochs")
+    pretrain_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the pretraining")
+    experts: int = Field(8, ge=1, description="experts of the MoE text adapter")
+    adapter_dropout: float = Field(0.2, ge=0, lt=1, description="dropout in the text adapter")
+    temperature: float = Field(0.07, gt=0, description="softmax temperature of the contrastive losses")
+    word_drop: float = Field(0.1, ge=0, lt=1, description="dropout on the text vectors of the word-drop view")
+    item_drop: float = Field(0.2, ge=0, lt=1, description="share of history items dropped in the item-drop view")
+    ssl_weight: float = Field(0.1, ge=0, description="weight of the sequence-sequence loss in pretraining")
     # fine-tuning softmax: in-batch + this many uniform negatives; 0 = the full catalogue, which is the paper's
     # loss but 76 s/epoch instead of 10 s on one CPU thread for Art-Office office (20k items through the adapter)
-    negatives: int = 2048
+    negatives: int = Field(2048, ge=0, description="uniform negatives beside the in-batch ones (0: full catalogue)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (pretraining and fine-tuning)")
     # transductive: fine-tune text-only first, then add the id embeddings and fine-tune again. Trained jointly
     # from the start, the ids memorise the training sequences within 2-3 epochs on Art-Office (valid NDCG@10
     # 0.049 at best vs 0.060 for text only); added last, they start from the text model and can only refine it
-    ids_after_text: bool = True
-    freeze_encoder: bool = False  # fine-tune only the adapter (+ ids): the paper's parameter-efficient option
-    text_model: str = DEFAULT_TEXT_MODEL
-    seed: int = 0
+    ids_after_text: bool = Field(
+        True, description="transductive: fine-tune text-only first, then add the id embeddings"
+    )
+    freeze_encoder: bool = Field(False, description="fine-tune only the adapter (+ ids): parameter-efficient")
+    text_model: str = Field(DEFAULT_TEXT_MODEL, description="the sentence model that embeds item texts")
 
 
 def unisrec_scorer(model: UniSRec, max_len: int) -> Scorer:
@@ -90,7 +99,7 @@ def pretrain(
     seqs = list(split.train_sequences(domain).values())
     inputs, labels = next_item_pairs(seqs, args.max_len)
     model = _model(args, text[domain], domain, transductive=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.pretrain_lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.pretrain_lr, weight_decay=args.weight_decay)
 
     def train_epoch(epoch: int) -> float:
         total, n = 0.0, 0
@@ -143,7 +152,7 @@ def finetune(
     n_items = model.cfg.n_items
     inputs, labels = next_item_pairs(list(split.train_sequences(target).values()), args.max_len)
     params = [p for n, p in model.named_parameters() if not (args.freeze_encoder and n.startswith("encoder."))]
-    opt = torch.optim.AdamW(params, lr=args.lr)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     pool = torch.arange(1, n_items + 1) if negative_pool is None else torch.as_tensor(negative_pool, dtype=torch.long)
 
     def train_epoch(epoch: int) -> float:
@@ -237,40 +246,3 @@ def hold_out_items(split: NextItemSplit, frac: float = 0.1, seed: int = 0) -> It
     cold = replace(split, train=t[~is_held], valid=split.valid.subset(keep_valid))
     slice_idx = np.flatnonzero(np.isin(split.test.targets, held))
     return ItemColdSplit(cold, held, split.test.subset(slice_idx))
-
-
-# --------------------------------------------------------------------------- `cdrec train unisrec`
-
-
-def add_unisrec_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("unisrec", help="UniSRec: items from their text; pretrain on one domain, fine-tune on another")
-    p.add_argument("--data", required=True, help="a data path with item text (e.g. Art-Office)")
-    p.add_argument("--target-domain", required=True)
-    p.add_argument("--pretrain-domain", default=None, help="default: the other domain (--pretrain-epochs 0: none)")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="checkpoint directory")
-    for f in fields(UniSRecArgs):
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.name == "variant":
-            p.add_argument(flag, choices=("inductive", "transductive"), default=f.default)
-        elif isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
-
-
-def cli_report(ns: argparse.Namespace, split: NextItemSplit) -> dict[str, object]:
-    """Train as the flags say, save ``OUT/unisrec-VARIANT.TARGET.pt``, return valid and test metrics."""
-    args = UniSRecArgs(**{f.name: getattr(ns, f.name) for f in fields(UniSRecArgs)})
-    name = f"unisrec-{args.variant}"
-    out = ns.out / f"{name}.{split.target}.pt"
-    _, result, scorer, pre = train_unisrec(split, args, out, ns.pretrain_domain)
-    return {
-        "model": name,
-        "checkpoint": str(out),
-        "pretrain": None if pre is None else {"best_epoch": pre.best_epoch, "epoch_s": round(pre.epoch_s, 2),
-                                              "zero_shot_valid": pre.valid},
-        "best_epoch": result.best_epoch,
-        "epoch_s": round(result.epoch_s, 2),
-        "valid": result.valid,
-        "test": evaluate_ranking(scorer, split.test),
-    }
