@@ -18,7 +18,7 @@ their sum. Closest to the paper: ``--no-shared-base --no-rating-aware --no-warm-
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +30,12 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from core.sequence import encode_batch
 from training import checkpoint
+from training.args import MFArgs
+from training.data.batches import minibatches
 from training.data.splits import ColdStartSplit
 from training.evaluation import rating_metrics
+from training.fit import FitResult, epoch_of, fit
+from training.fit_mf import cmf_rows, train_rating_mf
 from training.models.bridge import (
     EMCDR,
     PTUPCDR,
@@ -41,7 +45,6 @@ from training.models.bridge import (
     rating_loss,
 )
 from training.models.mf import MF
-from training.train_mf import MFArgs, Stopped, cmf_rows, fit_min, minibatches, train_rating_mf
 
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # users, items, ratings
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (users, items) -> predicted ratings
@@ -191,7 +194,7 @@ def bridge_users(view: ColdView) -> np.ndarray:
                           t.loc[t["domain"] == view.target, "user"].unique())
 
 
-def train_emcdr(view: ColdView, src: MF, tgt: MF, args: BridgeArgs) -> tuple[EMCDR, Stopped]:
+def train_emcdr(view: ColdView, src: MF, tgt: MF, args: BridgeArgs) -> tuple[EMCDR, FitResult]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     k = args.mf.dim
@@ -205,20 +208,18 @@ def train_emcdr(view: ColdView, src: MF, tgt: MF, args: BridgeArgs) -> tuple[EMC
     opt = torch.optim.Adam(model.mapping.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     vu, vi = (torch.as_tensor(a) for a in view.valid[:2])
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for (u,) in minibatches([users], 64, rng):
             loss = distance_loss(model.bridge(u), goal[u])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     def valid_rmse() -> float:
         return rmse((model(vu) * model.target_items[vi]).sum(-1), view.valid[2])
 
-    return model, fit_min(model, train_epoch, valid_rmse, args.epochs * 5, args.patience * 3, "emcdr")
+    return model, fit(model, train_epoch, lambda: {"rmse": valid_rmse()}, args.epochs * 5, args.patience * 3,
+                      desc="emcdr", select="rmse", minimize=True)
 
 
 @torch.no_grad()
@@ -241,7 +242,7 @@ def init_bias_head(model: PTUPCDR, seqs: torch.Tensor, rates: torch.Tensor, rows
 
 def train_ptupcdr(
     view: ColdView, src: MF, tgt: MF, args: BridgeArgs, warm: EMCDR | None = None
-) -> tuple[PTUPCDR, Stopped, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[PTUPCDR, FitResult, tuple[np.ndarray, np.ndarray]]:
     """Task-oriented: the bridged target ratings of overlapping training users; returns the source seqs."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -274,20 +275,16 @@ def train_ptupcdr(
     )
     vu, vi, vr = (torch.as_tensor(a) for a in view.valid)
 
-    def train_epoch(epoch: int) -> float:
+    def batch_losses() -> Iterator[torch.Tensor]:
         # a batch is a set of users with all their target ratings: one bridge per user, many ratings each
-        total, n = 0.0, 0
         for (bu,) in minibatches([users], args.batch_size, rng):
             idx = [rows_by_user[x] for x in bu.tolist()]
             rows = torch.as_tensor(np.concatenate(idx))
             which = torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor([len(x) for x in idx]))
             vec = model(bu, seqs[bu], rates[bu])[which]  # (R, k + 2), one row per rating
-            loss = rating_loss(vec, model.target_items, torch.as_tensor(i)[rows], torch.as_tensor(r)[rows], args.l1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield rating_loss(vec, model.target_items, torch.as_tensor(i)[rows], torch.as_tensor(r)[rows], args.l1)
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     def valid_rmse() -> float:
         pred = (model(vu, seqs[vu], rates[vu]) * model.target_items[vi]).sum(-1)
@@ -296,7 +293,9 @@ def train_ptupcdr(
             return float(err.pow(2).mean().sqrt() + err.abs().mean())
         return rmse(pred, view.valid[2])
 
-    stopped = fit_min(model, train_epoch, valid_rmse, args.epochs, args.patience, "ptupcdr")
+    select = "rmse+mae" if args.select_sum else "rmse"
+    stopped = fit(model, train_epoch, lambda: {select: valid_rmse()}, args.epochs, args.patience, desc="ptupcdr",
+                  select=select, minimize=True)
     return model, stopped, (seq_np, rate_np)
 
 

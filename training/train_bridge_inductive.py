@@ -16,7 +16,7 @@ Epochs are chosen on the valid cold users' full-ranking NDCG@10; test examples a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +28,19 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from core.sequence import encode_batch
 from training import checkpoint
+from training.args import GURUArgs, MFArgs
 from training.baselines import Popularity
+from training.data.batches import minibatches
 from training.data.interactions import Interactions
+from training.data.negatives import smoothed_log_q
 from training.data.splits import ColdStartSplit, Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
+from training.fit import FitResult, epoch_of, fit
+from training.fit_guru import train_guru
+from training.fit_mf import train_softmax_mf
 from training.models.bridge import InductiveBridge, InductiveBridgeConfig, distance_loss, masked_mean
 from training.models.guru import GURU
 from training.models.mf import MF, sampled_softmax_loss
-from training.train_guru import GURUArgs, train_guru
-from training.train_mf import MFArgs, Stopped, fit_min, minibatches, sampler, train_softmax_mf
 
 
 @pydantic_dataclass
@@ -174,11 +178,12 @@ def gur_states(model: InductiveBridge, seqs: np.ndarray, chunk: int = 1024) -> t
     return out
 
 
-def valid_loss(view: RankingView) -> Callable[[InductiveBridge], Callable[[], float]]:
-    return lambda model: lambda: -evaluate_ranking(scorer(model), view.valid)["NDCG@10"]
+def valid_ndcg(view: RankingView, model: InductiveBridge) -> Callable[[], dict[str, float]]:
+    """The valid cold users' full-ranking metrics: selection maximises their NDCG@10."""
+    return lambda: evaluate_ranking(scorer(model), view.valid)
 
 
-def train_shared(view: RankingView, src: MF, tgt: MF, args: InductiveArgs) -> tuple[InductiveBridge, Stopped]:
+def train_shared(view: RankingView, src: MF, tgt: MF, args: InductiveArgs) -> tuple[InductiveBridge, FitResult]:
     """EMCDR-style: W_0 fitted by distance from the pooled source embeddings to the target user vectors."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -193,18 +198,15 @@ def train_shared(view: RankingView, src: MF, tgt: MF, args: InductiveArgs) -> tu
     opt = torch.optim.Adam(model.w0.parameters(), lr=args.lr * 3)
     idx = np.arange(len(users))
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for (b,) in minibatches([idx], args.batch_size, rng):
             loss = distance_loss(model.w0(pooled[b]), goal[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
 
-    return model, fit_min(model, train_epoch, valid_loss(view)(model), args.epochs * 5, args.patience * 2,
-                          "bridge-shared")
+    train_epoch = epoch_of(opt, batch_losses)
+
+    return model, fit(model, train_epoch, valid_ndcg(view, model), args.epochs * 5, args.patience * 2,
+                      desc="bridge-shared")
 
 
 def train_inductive(
@@ -214,7 +216,7 @@ def train_inductive(
     args: InductiveArgs,
     warm: InductiveBridge | None = None,
     guru: GURU | None = None,
-) -> tuple[InductiveBridge, Stopped]:
+) -> tuple[InductiveBridge, FitResult]:
     """Task-oriented personal bridge. ``warm`` (with ``args.warm_start``): start from the shared bridge's W_0;
     ``guru``: s_u is that (frozen) GURU's source representation."""
     torch.manual_seed(args.seed)
@@ -232,28 +234,25 @@ def train_inductive(
             model.target_items[0, -1] = 0.0
     model.source_items.weight.requires_grad_(args.tune_tables)
     model.target_items.requires_grad_(args.tune_tables)
-    log_q = sampler(targets, view.n_target_items)
+    log_q = smoothed_log_q(targets, view.n_target_items)
     q = log_q.exp()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
 
     cached = gur_states(model, seqs) if model.guru is not None else None
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for x, y, row in minibatches([seqs, targets, np.arange(len(seqs))], args.batch_size, rng):
             neg = torch.multinomial(q, args.negatives, replacement=True)
             # the frozen GURU's s_u comes from the cache; everything after it is the serving forward
             vec = model(x) if cached is None else model.bridge(cached[row], model.characteristic(x))
             loss = sampled_softmax_loss(vec, model.item_vectors(), y, neg, log_q)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     name = "bridge-inductive" + ("" if model.cfg.encoder == "mean" else f"-{model.cfg.encoder}")
-    return model, fit_min(model, train_epoch, valid_loss(view)(model), args.epochs, args.patience, name,
-                          start_valid=True)
+    return model, fit(model, train_epoch, valid_ndcg(view, model), args.epochs, args.patience, desc=name,
+                      start_valid=True)
 
 
 def run(split: ColdStartSplit, args: InductiveArgs, out: Path | None = None) -> dict[str, object]:

@@ -8,7 +8,7 @@ pi-weighted) dot product with the K intent vectors (``DSS.score``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,11 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from training import checkpoint
-from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
+from training.args import NextItemArgs
+from training.data.batches import next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
-from training.evaluation import evaluate_ranking
-from training.fit import FitResult, NextItemArgs, fit
+from training.evaluation import evaluate_ranking, sequence_scorer
+from training.fit import FitResult, epoch_of, fit
 from training.models.dss import DSS, DSSConfig, item_loss, reversed_future, seq2seq_loss
 from training.models.sasrec import popularity_sampler
 
@@ -38,13 +39,6 @@ class DSSArgs(NextItemArgs):
         "item", description="p(k|i) from the cosine of item (embeddings) or encoder (state)s to the prototypes"
     )
     seq2seq_weight: float = Field(0.2, ge=0, description="weight of the latent seq2seq loss (0: seq2item only)")
-
-
-def dss_scorer(model: DSS, max_len: int) -> Callable[[Examples], torch.Tensor]:
-    def score(ex: Examples) -> torch.Tensor:
-        return model.score(encode_histories(ex.target_hist, max_len))
-
-    return score
 
 
 def dss_step(
@@ -80,20 +74,17 @@ def train_dss(
                     args.tau, args.lam, args.score, args.assign)
     model = DSS(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scorer = dss_scorer(model, args.max_len)
+    scorer = sequence_scorer(model, args.max_len)
     sampler = popularity_sampler(labels, n_target, args.neg_power)
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
             x, y = trim_left_padding(*batch)
             s2i, s2s = dss_step(model, x, y, args, sampler)
             loss = s2i + args.seq2seq_weight * s2s
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     meta = {"model": "dss", "data": data.name, "target": target, "source": split.source, "n_target_items": n_target}
     result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,

@@ -14,7 +14,7 @@ entirely, and the test examples whose target is one of them form the slice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -25,11 +25,12 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from training import checkpoint
-from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
+from training.args import SeqArgs
+from training.data.batches import next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.data.text import DEFAULT_CACHE_DIR, DEFAULT_TEXT_MODEL, item_text_vectors
-from training.evaluation import evaluate_ranking
-from training.fit import FitResult, SeqArgs, fit
+from training.evaluation import evaluate_ranking, sequence_scorer
+from training.fit import FitResult, epoch_of, fit
 from training.models.unisrec import UniSRec, UniSRecConfig, seq_item_loss, seq_seq_loss, transfer
 
 Scorer = Callable[[Examples], torch.Tensor]
@@ -69,13 +70,6 @@ class UniSRecArgs(SeqArgs):
     text_model: str = Field(DEFAULT_TEXT_MODEL, description="the sentence model that embeds item texts")
 
 
-def unisrec_scorer(model: UniSRec, max_len: int) -> Scorer:
-    def score(ex: Examples) -> torch.Tensor:
-        return model.score(encode_histories(ex.target_hist, max_len))
-
-    return score
-
-
 def text_tables(split: NextItemSplit, domains: list[str], text_model: str) -> TextTables:
     return {d: item_text_vectors(split.data, d, text_model, DEFAULT_CACHE_DIR) for d in domains}
 
@@ -101,21 +95,18 @@ def pretrain(
     model = _model(args, text[domain], domain, transductive=False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.pretrain_lr, weight_decay=args.weight_decay)
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
             x, y = trim_left_padding(*batch)
             loss = seq_item_loss(model, x, y, word_drop=args.word_drop)
             loss = loss + args.ssl_weight * seq_seq_loss(model, x, args.word_drop, args.item_drop)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     def zero_shot() -> dict[str, float]:
         target = transfer(model, torch.as_tensor(text[split.target]), split.target).eval()
-        return evaluate_ranking(unisrec_scorer(target, args.max_len), split.valid)
+        return evaluate_ranking(sequence_scorer(target, args.max_len), split.valid)
 
     meta = {"model": "unisrec-pretrain", "data": split.data.name, "domain": domain, "target": split.target,
             "selected_on": f"zero-shot valid NDCG@10 on {split.target}"}
@@ -155,19 +146,16 @@ def finetune(
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     pool = torch.arange(1, n_items + 1) if negative_pool is None else torch.as_tensor(negative_pool, dtype=torch.long)
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
             x, y = trim_left_padding(*batch)
             extra = pool if args.negatives <= 0 else pool[torch.randint(len(pool), (args.negatives,))]
             loss = seq_item_loss(model, x, y, extra)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
 
-    scorer = unisrec_scorer(model, args.max_len)
+    train_epoch = epoch_of(opt, batch_losses)
+
+    scorer = sequence_scorer(model, args.max_len)
     name = f"unisrec-{args.variant}"
     info = {
         "model": name,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from training import cli as train_cli
+from training.args import SeqArgs
 from training.config import args_fields, parse
-from training.fit import SeqArgs
 from training.train_bridge_inductive import InductiveArgs
 from training.train_sasrec import SASRecArgs
 
