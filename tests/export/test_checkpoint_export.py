@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,28 @@ def test_every_trainer_writes_the_catalogue_of_the_domains_it_reads(runs: Path, 
         assert ck.meta["target"] == "music" and 0 < len(ck.items["music"].histories) <= checkpoint.SAMPLE_USERS
         blob = torch.load(runs / name, map_location="cpu", weights_only=False)
         assert blob["domains"]["target"] == "music" and blob["max_len"] == 12, name
+
+
+def test_a_text_model_exports_without_data_with_its_text_item_graph(
+    data: Interactions, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """UniSRec (items from text): its checkpoint alone gives the user encoder, the ids and the text item graph
+    (the real default sentence model, offline)."""
+    from training.data.splits import leave_one_out
+    from training.train_unisrec import UniSRecArgs, train_unisrec
+
+    rng = np.random.default_rng(0)
+    text = {}
+    for d in data.domains:  # stand-in sentence vectors of the sentence model's width (384)
+        v = rng.normal(size=(data.n_items(d) + 1, 384)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        v[0] = 0
+        text[d] = v
+    args = UniSRecArgs(pretrain_epochs=0, epochs=1, dim=16, layers=1, max_len=12, negatives=64)
+    ckpt = tmp_path / "unisrec-inductive.music.pt"
+    train_unisrec(leave_one_out(data, "music"), args, ckpt, text=text)
+    out = tmp_path / "artifacts"
+    capsys.readouterr()
+    assert cdrec(["export", "--checkpoint", str(ckpt), "--out", str(out), *FAST]) == 0, capsys.readouterr().err
+    assert set(json.loads(capsys.readouterr().out)["graphs"]) == {"user_encoder.music", "item_text.music"}
+    assert cdrec(["export", "verify", str(out / "current")]) == 0
