@@ -15,29 +15,30 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class DataSettings(BaseModel):
-    """How sequences are cut. Set in the environment (``CDREC_DATA__MAX_LEN``), ``max_len`` is the trainers'
-    default ``--max-len`` (training/cli.py)."""
+    """How sequences are cut. Set in the environment (``CDREC_DATA__MAX_LEN``), ``max_len`` is also read by
+    `cdrec train` as its ``--max-len`` (training/config.py)."""
 
     max_len: int = Field(50, ge=1, le=1024, description="longest per-domain sequence a model sees")
 
 
 class TrainSettings(BaseModel):
-    """The trainers' flags, from the environment (training/cli.py): a field set as ``CDREC_TRAIN__<FIELD>``
-    becomes the default of the flag of that name (``out_dir``: ``--out``; ``threads``: torch's intra-op threads)
-    and a flag on the command line still wins. A field the environment does not set changes nothing: each trainer
-    keeps its own default (the values below only bound what the environment may set)."""
+    """The trainers' shared ``CDREC_TRAIN__<FIELD>`` names, validated here for a whole-program ``Settings()``.
 
-    out_dir: Path = Path("runs")
-    seed: int = 0
-    epochs: int = Field(30, ge=1)
-    patience: int = Field(3, ge=1, description="epochs without a better validation NDCG@10 before stopping")
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    dim: int = Field(64, ge=8)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    threads: int = Field(2, ge=1, description="torch intra-op threads")
+    `cdrec train` reads them itself, by the same mechanism as its flags (training/config.py: every field of a
+    trainer's args model can be set as ``CDREC_TRAIN__<FIELD>``), and its args models hold the only defaults:
+    a field left unset here is None and means "the trainer's own default"."""
+
+    out_dir: Path | None = Field(None, description="`cdrec train --out`")
+    seed: int | None = None
+    epochs: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1, description="epochs without a better validation NDCG@10 before stopping")
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    dim: int | None = Field(None, ge=1)
+    layers: int | None = Field(None, ge=1)
+    heads: int | None = Field(None, ge=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads")
 
 
 class RedisSettings(BaseModel):

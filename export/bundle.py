@@ -46,6 +46,7 @@ from export.parity import Inputs, ParityOptions, check_parity, concat, random_in
 from export.text_items import text_graphs, write_text_items
 from export.towers import ExportError, Graph
 from export.verify import verify
+from training import checkpoint
 
 if TYPE_CHECKING:
     from training.data.interactions import Interactions
@@ -84,6 +85,77 @@ def domains_from_data(data: Interactions) -> dict[str, DomainItems]:
         counts = np.bincount(items, minlength=len(ids) + 1)[1:]
         out[d] = DomainItems(ids, counts, {u: seq for u, (seq, _) in data.sequences(d).items()})
     return out
+
+
+def domains_from_checkpoint(items: dict[str, checkpoint.Catalogue]) -> dict[str, DomainItems]:
+    """The same, from the catalogue a (format 2) checkpoint carries: its histories are a sample of users."""
+    return {
+        d: DomainItems(list(c.ids), np.asarray(c.counts, np.int64),
+                       {u: np.asarray(s, np.int64) for u, s in c.histories.items()})
+        for d, c in items.items()
+    }
+
+
+def first_difference(
+    have: list[str], want: list[str], here: str = "the checkpoint", there: str = "the data"
+) -> str | None:
+    """None when the two id lists are equal, else where they first differ (model item r + 1 is ids[r])."""
+    for r, (a, b) in enumerate(zip(have, want, strict=False)):
+        if a != b:
+            return f"model item {r + 1} is {a!r} in {here} but {b!r} in {there}"
+    if len(have) != len(want):
+        r = min(len(have), len(want))
+        extra, side = (have[r], here) if len(have) > r else (want[r], there)
+        return f"{here} has {len(have)} items, {there} {len(want)}: model item {r + 1} ({extra!r}) is only in {side}"
+    return None
+
+
+def check_checkpoint_ids(path: Path, items: dict[str, checkpoint.Catalogue], domains: dict[str, DomainItems]) -> None:
+    """Refuse a checkpoint whose item ids are not the data's (``domains``), naming the first id that differs."""
+    for d, c in items.items():
+        if d not in domains:
+            raise ExportError(f"{path}: the checkpoint reads domain {d!r}, which the data does not have "
+                              f"(it has {sorted(domains)})")
+        diff = first_difference(c.ids, domains[d].ids)
+        if diff is not None:
+            raise ExportError(f"{path}: the {d} item ids are not the data's ({diff}): was it trained on this data?")
+
+
+def read_catalogue(path: Path) -> tuple[dict[str, checkpoint.Catalogue] | None, dict[str, object]]:
+    """A checkpoint's catalogue (None: format 1, written before checkpoints carried one) and its metadata."""
+    try:
+        ck = checkpoint.read(path)
+    except checkpoint.CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    return ck.items, ck.meta
+
+
+def domains_from_checkpoints(paths: list[Path]) -> tuple[dict[str, DomainItems], str | None]:
+    """Every domain's catalogue from the checkpoints themselves (`cdrec export` without --data) and the data
+    name they were trained on. Checkpoints that read one domain must agree on its ids."""
+    domains: dict[str, DomainItems] = {}
+    origin: dict[str, Path] = {}
+    names: set[str] = set()
+    for path in paths:
+        items, meta = read_catalogue(path)
+        if items is None:
+            raise ExportError(
+                f"{path}: this checkpoint was written before checkpoints carried their item ids "
+                "(cdrec-checkpoint/1), so export cannot tell which external id each row is: pass --data with the "
+                "data it was trained on, or retrain it with `cdrec train ...` (which writes cdrec-checkpoint/2)"
+            )
+        if meta.get("data"):
+            names.add(str(meta["data"]))
+        for d, found in domains_from_checkpoint(items).items():
+            if d not in domains:
+                domains[d], origin[d] = found, path
+                continue
+            diff = first_difference(found.ids, domains[d].ids, str(path), str(origin[d]))
+            if diff is not None:
+                raise ExportError(f"{path}: its {d} item ids are not those of {origin[d]} ({diff})")
+    if len(names) > 1:
+        raise ExportError(f"the checkpoints were trained on different data: {sorted(names)}")
+    return domains, next(iter(names), None)
 
 
 def git_commit() -> str | None:

@@ -2,13 +2,16 @@
 
 Examples:
     cdrec export --checkpoint runs/cdsrec.office.pt --bridge-checkpoint runs/bridge.art__office.pt \\
-        --data ../shared/data/amazon_art_office_urllm --out artifacts
+        --out artifacts
     cdrec export --checkpoint runs/sasrec.music.pt --data synthetic --out artifacts --index hnsw
     cdrec export --checkpoint runs/unisrec.office.pt --data DATA --added-items redis://localhost:6379/0
     cdrec export verify artifacts/current
 
-`--data` is the data the checkpoints were trained on: it gives the external item ids written into the bundle,
-the popularity fallback and the real users' histories the parity and the index recall are measured on.
+A checkpoint (cdrec-checkpoint/2) carries the external item ids of every domain it reads, their interaction counts
+(the popularity fallback) and a sample of real users' histories (the parity and the index recall inputs), so
+`--data` is optional. Given, `--data` is the data the checkpoints were trained on: its ids must be the
+checkpoints' (a mismatch names the first differing id), and all its users' histories feed the parity. A
+checkpoint written before checkpoints carried their ids (cdrec-checkpoint/1) needs `--data` (or retraining).
 A text model (UniSRec) also gets its text item graph, ``item_text.<domain>.onnx`` + its tokenizer, which the
 service's ``POST /v1/items`` runs; ``--added-items`` folds the items added that way into the new bundle.
 Exit status: 0 published (or verified), 1 refused (parity, recall or verification failed), 2 bad arguments.
@@ -30,7 +33,9 @@ def _export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, action="append", default=[], help="a user tower (repeatable)")
     p.add_argument("--bridge-checkpoint", type=Path, action="append", default=[], help="an inductive bridge")
-    p.add_argument("--data", help="the training data: a path or `synthetic` (see `cdrec data stats`)")
+    p.add_argument(
+        "--data", help="optional: the training data, a path or `synthetic` (default: the checkpoints' own item ids)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of `--data synthetic` and of the parity inputs")
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="artifacts root (default artifacts/)")
     p.add_argument("--version", help="bundle version (default: UTC time and git commit)")
@@ -83,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch  # heavy imports only once the arguments are sane
 
-    from export.bundle import ExportOptions, domains_from_data, export_bundle
+    from export.bundle import (
+        ExportOptions,
+        check_checkpoint_ids,
+        domains_from_checkpoints,
+        domains_from_data,
+        export_bundle,
+        read_catalogue,
+    )
     from export.index import IndexOptions
     from export.parity import ParityOptions
     from export.towers import ExportError, load_bridge, load_tower
@@ -108,14 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         graphs = [load_tower(p, ns.target_domain, ns.source_domain) for p in ns.checkpoint]
         graphs += [load_bridge(p, ns.target_domain, ns.source_domain) for p in ns.bridge_checkpoint]
-        if ns.data is None:
-            raise ExportError("--data is required: it gives the external item ids the bundle maps rows to")
-        data = load_data(ns.data, seed=ns.seed)
+        paths = [*ns.checkpoint, *ns.bridge_checkpoint]
+        if ns.data is None:  # the checkpoints carry their item ids, popularity and a sample of histories
+            domains, data_name = domains_from_checkpoints(paths)
+        else:  # the data gives the ids (checked against each checkpoint's), popularity and every history
+            data = load_data(ns.data, seed=ns.seed)
+            domains, data_name = domains_from_data(data), data.name
+            for path in paths:
+                items, _ = read_catalogue(path)
+                if items is not None:  # a format-1 checkpoint: only its item counts can be checked (bundle.py)
+                    check_checkpoint_ids(path, items, domains)
         if ns.added_items:
             from export.added_items import read_added_items
 
-            opts.added_items = read_added_items(ns.added_items, list(data.domains))
-        bundle = export_bundle(graphs, ns.out, domains_from_data(data), opts, data_name=data.name)
+            opts.added_items = read_added_items(ns.added_items, sorted(domains))
+        bundle = export_bundle(graphs, ns.out, domains, opts, data_name=data_name)
     except (DataError, FileNotFoundError) as exc:
         print(f"cdrec export: {exc}", file=sys.stderr)
         return 2

@@ -25,10 +25,7 @@ from training.baselines import Popularity
 from training.data.interactions import DataError
 from training.data.source import load_data
 from training.data.splits import Examples, leave_one_out
-from training.evaluation import evaluate_ranking
-from training.train_guru import two_domain_scorer
-from training.train_sasrec import sasrec_scorer
-from training.train_unisrec import unisrec_scorer
+from training.evaluation import evaluate_ranking, sequence_scorer, two_domain_scorer
 
 
 def scorer_for(model: torch.nn.Module, meta: dict[str, Any], n_target: int) -> Callable[[Examples], torch.Tensor]:
@@ -42,13 +39,9 @@ def scorer_for(model: torch.nn.Module, meta: dict[str, Any], n_target: int) -> C
         raise ValueError(f"cdrec evaluate does not know model {name!r} (it scores {', '.join(sorted(known))})")
     max_len = int(model.cfg.max_len)  # type: ignore[union-attr]
     if name.startswith("sasrec"):
-        return sasrec_scorer(model, max_len, n_target, bool(meta.get("merged")))  # type: ignore[arg-type]
-    if name == "dss":
-        from training.train_dss import dss_scorer
-
-        return dss_scorer(model, max_len)  # type: ignore[arg-type]
-    if name.startswith("unisrec"):
-        return unisrec_scorer(model, max_len)  # type: ignore[arg-type]
+        return sequence_scorer(model, max_len, n_target, bool(meta.get("merged")))
+    if name == "dss" or name.startswith("unisrec"):  # one sequence in, every item's score out
+        return sequence_scorer(model, max_len)
     return two_domain_scorer(model, max_len, n_target)  # GURU and CDSRec: (target_seq, source_seq) towers
 
 

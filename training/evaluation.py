@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from training.data.batches import encode_histories
 from training.data.splits import Examples
 
 ScoreFn = Callable[[Examples], torch.Tensor]  # examples -> (B, n_items + 1) scores, column 0 = padding
@@ -121,3 +122,31 @@ def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         raise ValueError(f"need equal non-empty shapes, got {pred.shape} and {truth.shape}")
     err = pred - truth
     return {"MAE": float(np.abs(err).mean()), "RMSE": float(np.sqrt((err**2).mean()))}
+
+
+# --------------------------------------------------------------------------- scorers: Examples -> (B, N + 1) scores
+
+
+def sequence_scorer(model: torch.nn.Module, max_len: int, n_target: int | None = None, merged: bool = False) -> ScoreFn:
+    """A one-sequence model with ``score(seq) -> (B, vocab + 1)`` (SASRec, DSS, UniSRec): the target history, or
+    with ``merged`` the merged two-domain one (target ids first); columns beyond ``n_target`` dropped."""
+    keep = None if n_target is None else n_target + 1
+
+    def score(ex: Examples) -> torch.Tensor:
+        hist = ex.merged_hist(n_target) if merged and n_target is not None else ex.target_hist
+        out: torch.Tensor = model.score(encode_histories(hist, max_len))  # type: ignore[operator]
+        return out if keep is None else out[:, :keep]
+
+    return score
+
+
+def two_domain_scorer(model: torch.nn.Module, max_len: int, n_target: int) -> ScoreFn:
+    """A ``(target_seq, source_seq) -> user vector`` tower (GURU, CDSRec) against its ``item_vectors()``."""
+
+    def score(ex: Examples) -> torch.Tensor:
+        # each side is trimmed of its all-padding columns; the towers do not need equal lengths
+        t, s = encode_histories(ex.target_hist, max_len), encode_histories(ex.source_hist, max_len)
+        out: torch.Tensor = model(t, s) @ model.item_vectors()[: n_target + 1].T  # type: ignore[operator]
+        return out
+
+    return score

@@ -18,18 +18,24 @@ their sum. Closest to the paper: ``--no-shared-base --no-rating-aware --no-warm-
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from core.sequence import encode_batch
 from training import checkpoint
+from training.args import MFArgs
+from training.data.batches import minibatches
 from training.data.splits import ColdStartSplit
 from training.evaluation import rating_metrics
+from training.fit import FitResult, epoch_of, fit
+from training.fit_mf import cmf_rows, train_rating_mf
 from training.models.bridge import (
     EMCDR,
     PTUPCDR,
@@ -39,31 +45,32 @@ from training.models.bridge import (
     rating_loss,
 )
 from training.models.mf import MF
-from training.train_mf import MFArgs, Stopped, cmf_rows, fit_min, minibatches, train_rating_mf
 
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # users, items, ratings
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (users, items) -> predicted ratings
 
 
-@dataclass
+@pydantic_dataclass
 class BridgeArgs:
-    mf: MFArgs = field(default_factory=MFArgs)
-    max_len: int = 100  # most recent source ratings the characteristic encoder reads
-    epochs: int = 40
-    patience: int = 4
-    lr: float = 3e-3
-    bias_lr: float = 1e-2
-    weight_decay: float = 0.0
-    batch_size: int = 32  # users per PTUPCDR step
-    hidden: int = 64
-    emcdr_hidden: int = 0
-    shared_base: bool = True
-    rating_aware: bool = True
-    l1: float = 1.0  # weight of the absolute error in PTUPCDR's task loss
-    select_sum: bool = True  # select PTUPCDR's epoch on valid RMSE + MAE instead of RMSE
-    warm_start: bool = True
-    bias_init: bool = True
-    seed: int = 0
+    """PTUPCDR's and EMCDR's options (`cdrec train bridge ptupcdr`); ``mf``: the MF pretraining's (--mf.dim ...)."""
+
+    mf: MFArgs = Field(default_factory=MFArgs, description="the source and target MF pretraining")
+    max_len: int = Field(100, ge=1, description="most recent source ratings the characteristic encoder reads")
+    epochs: int = Field(40, ge=1, description="most PTUPCDR epochs (EMCDR: 5x)")
+    patience: int = Field(4, ge=1, description="epochs without a better valid error before stopping")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of the bridges")
+    bias_lr: float = Field(1e-2, gt=0, description="learning rate of PTUPCDR's user-bias head")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of the bridges")
+    batch_size: int = Field(32, ge=1, description="users per PTUPCDR step")
+    hidden: int = Field(64, ge=1, description="hidden size of the characteristic encoder and meta network")
+    emcdr_hidden: int = Field(0, ge=0, description="EMCDR's mapping: 0 = linear, else an MLP this wide")
+    shared_base: bool = Field(True, description="the personal bridge sits on a shared linear map")
+    rating_aware: bool = Field(True, description="the characteristic encoder sees each source item's rating")
+    l1: float = Field(1.0, ge=0, description="weight of the absolute error in PTUPCDR's task loss")
+    select_sum: bool = Field(True, description="select PTUPCDR's epoch on valid RMSE + MAE instead of RMSE")
+    warm_start: bool = Field(True, description="start PTUPCDR's shared map at EMCDR's")
+    bias_init: bool = Field(True, description="start the user-bias head at its least-squares fit")
+    seed: int = Field(0, description="seed of the split, the weights and the batches (the MF pretraining's too)")
 
 
 @dataclass
@@ -187,7 +194,7 @@ def bridge_users(view: ColdView) -> np.ndarray:
                           t.loc[t["domain"] == view.target, "user"].unique())
 
 
-def train_emcdr(view: ColdView, src: MF, tgt: MF, args: BridgeArgs) -> tuple[EMCDR, Stopped]:
+def train_emcdr(view: ColdView, src: MF, tgt: MF, args: BridgeArgs) -> tuple[EMCDR, FitResult]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     k = args.mf.dim
@@ -201,20 +208,18 @@ def train_emcdr(view: ColdView, src: MF, tgt: MF, args: BridgeArgs) -> tuple[EMC
     opt = torch.optim.Adam(model.mapping.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     vu, vi = (torch.as_tensor(a) for a in view.valid[:2])
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for (u,) in minibatches([users], 64, rng):
             loss = distance_loss(model.bridge(u), goal[u])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     def valid_rmse() -> float:
         return rmse((model(vu) * model.target_items[vi]).sum(-1), view.valid[2])
 
-    return model, fit_min(model, train_epoch, valid_rmse, args.epochs * 5, args.patience * 3, "emcdr")
+    return model, fit(model, train_epoch, lambda: {"rmse": valid_rmse()}, args.epochs * 5, args.patience * 3,
+                      desc="emcdr", select="rmse", minimize=True)
 
 
 @torch.no_grad()
@@ -237,7 +242,7 @@ def init_bias_head(model: PTUPCDR, seqs: torch.Tensor, rates: torch.Tensor, rows
 
 def train_ptupcdr(
     view: ColdView, src: MF, tgt: MF, args: BridgeArgs, warm: EMCDR | None = None
-) -> tuple[PTUPCDR, Stopped, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[PTUPCDR, FitResult, tuple[np.ndarray, np.ndarray]]:
     """Task-oriented: the bridged target ratings of overlapping training users; returns the source seqs."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -270,20 +275,16 @@ def train_ptupcdr(
     )
     vu, vi, vr = (torch.as_tensor(a) for a in view.valid)
 
-    def train_epoch(epoch: int) -> float:
+    def batch_losses() -> Iterator[torch.Tensor]:
         # a batch is a set of users with all their target ratings: one bridge per user, many ratings each
-        total, n = 0.0, 0
         for (bu,) in minibatches([users], args.batch_size, rng):
             idx = [rows_by_user[x] for x in bu.tolist()]
             rows = torch.as_tensor(np.concatenate(idx))
             which = torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor([len(x) for x in idx]))
             vec = model(bu, seqs[bu], rates[bu])[which]  # (R, k + 2), one row per rating
-            loss = rating_loss(vec, model.target_items, torch.as_tensor(i)[rows], torch.as_tensor(r)[rows], args.l1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield rating_loss(vec, model.target_items, torch.as_tensor(i)[rows], torch.as_tensor(r)[rows], args.l1)
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     def valid_rmse() -> float:
         pred = (model(vu, seqs[vu], rates[vu]) * model.target_items[vi]).sum(-1)
@@ -292,7 +293,9 @@ def train_ptupcdr(
             return float(err.pow(2).mean().sqrt() + err.abs().mean())
         return rmse(pred, view.valid[2])
 
-    stopped = fit_min(model, train_epoch, valid_rmse, args.epochs, args.patience, "ptupcdr")
+    select = "rmse+mae" if args.select_sum else "rmse"
+    stopped = fit(model, train_epoch, lambda: {select: valid_rmse()}, args.epochs, args.patience, desc="ptupcdr",
+                  select=select, minimize=True)
     return model, stopped, (seq_np, rate_np)
 
 
@@ -367,5 +370,6 @@ def run(split: ColdStartSplit, args: BridgeArgs, out: Path | None = None) -> dic
         for name in ("ptupcdr", "emcdr"):
             meta = {"model": name, "data": split.data.name, "source": split.source, "target": split.target,
                     "beta": split.beta, "seed": args.seed, "max_len": args.max_len, "valid": fitted.valid[name]}
-            saved[name] = str(checkpoint.save(out / f"{name}.{pair}.pt", fitted.models[name], meta))
+            items = checkpoint.catalogue(split.data, (split.target, split.source))
+            saved[name] = str(checkpoint.save(out / f"{name}.{pair}.pt", fitted.models[name], meta, items))
     return {"checkpoints": saved, "valid": fitted.valid, "test": test}

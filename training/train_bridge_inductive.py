@@ -16,49 +16,61 @@ Epochs are chosen on the valid cold users' full-ranking NDCG@10; test examples a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from core.sequence import encode_batch
 from training import checkpoint
+from training.args import GURUArgs, MFArgs
 from training.baselines import Popularity
+from training.data.batches import minibatches
 from training.data.interactions import Interactions
+from training.data.negatives import smoothed_log_q
 from training.data.splits import ColdStartSplit, Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
+from training.fit import FitResult, epoch_of, fit
+from training.fit_guru import train_guru
+from training.fit_mf import train_softmax_mf
 from training.models.bridge import InductiveBridge, InductiveBridgeConfig, distance_loss, masked_mean
 from training.models.guru import GURU
 from training.models.mf import MF, sampled_softmax_loss
-from training.train_guru import GURUArgs, train_guru
-from training.train_mf import MFArgs, Stopped, fit_min, minibatches, sampler, train_softmax_mf
 
 
-@dataclass
+@pydantic_dataclass
 class InductiveArgs:
-    dim: int = 64
-    max_len: int = 50
-    mf_epochs: int = 4
-    mf_lr: float = 2e-3
-    mf_batch_size: int = 1024
-    negatives: int = 1024
-    epochs: int = 20
-    patience: int = 2
-    lr: float = 1e-3
-    batch_size: int = 256
-    hidden: int = 128
-    encoder: str = "mean"  # s_u: "mean" of source item embeddings | "attention" (own) | "guru" (trains GURU)
-    guru_epochs: int = 4
-    warm_start: bool = False  # start W_0 at the shared bridge's (else at 0: the item-bias ranking)
-    pop_bias: bool = True  # item bias = log(1 + training count) instead of the target MF's
-    tune_tables: bool = False  # fine-tune the pretrained item tables with the task loss (after the warm start)
-    # the cold users' item that selection (and run()'s report) ranks: "first" = their first target item after
-    # their first source item (entering the target domain), "last" = their last target item
-    cold_item: str = "first"
-    seed: int = 0
+    """The inductive bridge's options (`cdrec train bridge inductive`)."""
+
+    dim: int = Field(64, ge=1, description="size of the MF tables and the bridge")
+    max_len: int = Field(50, ge=1, description="most recent source items read (env: CDREC_DATA__MAX_LEN)")
+    mf_epochs: int = Field(4, ge=1, description="epochs of the source and target MF pretraining")
+    mf_lr: float = Field(2e-3, gt=0, description="learning rate of the MF pretraining")
+    mf_batch_size: int = Field(1024, ge=1, description="batch size of the MF pretraining")
+    negatives: int = Field(1024, ge=1, description="sampled negatives per batch (MF pretraining and the bridge)")
+    epochs: int = Field(20, ge=1, description="most bridge epochs")
+    patience: int = Field(2, ge=1, description="epochs without a better valid cold-user NDCG@10 before stopping")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the bridge")
+    batch_size: int = Field(256, ge=1, description="training pairs per bridge step")
+    hidden: int = Field(128, ge=1, description="hidden size of the characteristic encoder and meta network")
+    encoder: str = Field(
+        "mean", description="s_u: mean of source item embeddings | attention (own) | guru (trains GURU first)"
+    )
+    guru_epochs: int = Field(4, ge=1, description="--encoder guru: GURU training epochs")
+    warm_start: bool = Field(False, description="start W_0 at the shared bridge's (else at 0: item-bias ranking)")
+    pop_bias: bool = Field(True, description="item bias = log(1 + training count) instead of the target MF's")
+    tune_tables: bool = Field(False, description="fine-tune the pretrained item tables with the task loss")
+    cold_item: str = Field(
+        "first",
+        description="the cold users' item that selection ranks: first (their first target item after their "
+        "first source item) | last",
+    )
+    seed: int = Field(0, description="seed of the split, the weights and the batches (and of `--data synthetic`)")
 
 
 @dataclass
@@ -166,11 +178,12 @@ def gur_states(model: InductiveBridge, seqs: np.ndarray, chunk: int = 1024) -> t
     return out
 
 
-def valid_loss(view: RankingView) -> Callable[[InductiveBridge], Callable[[], float]]:
-    return lambda model: lambda: -evaluate_ranking(scorer(model), view.valid)["NDCG@10"]
+def valid_ndcg(view: RankingView, model: InductiveBridge) -> Callable[[], dict[str, float]]:
+    """The valid cold users' full-ranking metrics: selection maximises their NDCG@10."""
+    return lambda: evaluate_ranking(scorer(model), view.valid)
 
 
-def train_shared(view: RankingView, src: MF, tgt: MF, args: InductiveArgs) -> tuple[InductiveBridge, Stopped]:
+def train_shared(view: RankingView, src: MF, tgt: MF, args: InductiveArgs) -> tuple[InductiveBridge, FitResult]:
     """EMCDR-style: W_0 fitted by distance from the pooled source embeddings to the target user vectors."""
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -185,18 +198,15 @@ def train_shared(view: RankingView, src: MF, tgt: MF, args: InductiveArgs) -> tu
     opt = torch.optim.Adam(model.w0.parameters(), lr=args.lr * 3)
     idx = np.arange(len(users))
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for (b,) in minibatches([idx], args.batch_size, rng):
             loss = distance_loss(model.w0(pooled[b]), goal[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
 
-    return model, fit_min(model, train_epoch, valid_loss(view)(model), args.epochs * 5, args.patience * 2,
-                          "bridge-shared")
+    train_epoch = epoch_of(opt, batch_losses)
+
+    return model, fit(model, train_epoch, valid_ndcg(view, model), args.epochs * 5, args.patience * 2,
+                      desc="bridge-shared")
 
 
 def train_inductive(
@@ -206,7 +216,7 @@ def train_inductive(
     args: InductiveArgs,
     warm: InductiveBridge | None = None,
     guru: GURU | None = None,
-) -> tuple[InductiveBridge, Stopped]:
+) -> tuple[InductiveBridge, FitResult]:
     """Task-oriented personal bridge. ``warm`` (with ``args.warm_start``): start from the shared bridge's W_0;
     ``guru``: s_u is that (frozen) GURU's source representation."""
     torch.manual_seed(args.seed)
@@ -224,28 +234,25 @@ def train_inductive(
             model.target_items[0, -1] = 0.0
     model.source_items.weight.requires_grad_(args.tune_tables)
     model.target_items.requires_grad_(args.tune_tables)
-    log_q = sampler(targets, view.n_target_items)
+    log_q = smoothed_log_q(targets, view.n_target_items)
     q = log_q.exp()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
 
     cached = gur_states(model, seqs) if model.guru is not None else None
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for x, y, row in minibatches([seqs, targets, np.arange(len(seqs))], args.batch_size, rng):
             neg = torch.multinomial(q, args.negatives, replacement=True)
             # the frozen GURU's s_u comes from the cache; everything after it is the serving forward
             vec = model(x) if cached is None else model.bridge(cached[row], model.characteristic(x))
             loss = sampled_softmax_loss(vec, model.item_vectors(), y, neg, log_q)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     name = "bridge-inductive" + ("" if model.cfg.encoder == "mean" else f"-{model.cfg.encoder}")
-    return model, fit_min(model, train_epoch, valid_loss(view)(model), args.epochs, args.patience, name,
-                          start_valid=True)
+    return model, fit(model, train_epoch, valid_ndcg(view, model), args.epochs, args.patience, desc=name,
+                      start_valid=True)
 
 
 def run(split: ColdStartSplit, args: InductiveArgs, out: Path | None = None) -> dict[str, object]:
@@ -267,7 +274,8 @@ def run(split: ColdStartSplit, args: InductiveArgs, out: Path | None = None) -> 
             meta = {"model": name, "data": split.data.name, "source": split.source, "target": split.target,
                     "beta": split.beta, "seed": args.seed, "best_epoch": stopped.best_epoch, "valid": valid[name]}
             file = "bridge" if name == "bridge-inductive" else name
-            saved[name] = str(checkpoint.save(out / f"{file}.{pair}.pt", model, meta))
+            items = checkpoint.catalogue(split.data, (split.target, split.source))
+            saved[name] = str(checkpoint.save(out / f"{file}.{pair}.pt", model, meta, items))
     test_examples = split.ranking_examples(split.test_users, args.cold_item)  # after every model is fixed
     test = {name: evaluate_ranking(scorer(m), test_examples) for name, (m, _) in models.items()}
     test["popularity"] = evaluate_ranking(pop.score, test_examples)

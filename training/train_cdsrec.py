@@ -1,7 +1,7 @@
 """Train CDSRec on a leave-one-out split: `cdrec train cdsrec --data PATH --target-domain DOMAIN`.
 
 Optionally starts from a trained GURU (``guru=``, or `--guru-checkpoint` / `--pretrain-epochs` on the command
-line). Reads top to bottom: data -> time-aligned arrays (``train_guru.cross_domain_arrays``) -> length-bucketed
+line). Reads top to bottom: data -> time-aligned arrays (``training.data.cross_domain``) -> length-bucketed
 batches -> model -> loop with early stopping on validation NDCG@10.
 
 The loss is the recommendation loss of the fused user vector at every target position plus GURU's own
@@ -20,31 +20,40 @@ as with random batches (office, short-term encoder alone, valid NDCG@10: random 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
+from training import checkpoint
+from training.args import GURUArgs
+from training.data.cross_domain import bucketed_batches, cross_domain_arrays
+from training.data.negatives import NegativeSampler
 from training.data.splits import Examples, NextItemSplit
-from training.evaluation import evaluate_ranking
-from training.fit import FitResult, fit
+from training.evaluation import evaluate_ranking, two_domain_scorer
+from training.fit import FitResult, epoch_of, fit
 from training.models.cdsrec import CDSRec, CDSRecConfig
 from training.models.guru import GURU, guru_losses, item_loss, reversal_strength
-from training.train_guru import GURUArgs, NegativeSampler, bucketed_batches, cross_domain_arrays, two_domain_scorer
 
 
 @dataclass
 class CDSRecArgs(GURUArgs):
     """GURU's options (CDSRec trains or fine-tunes a GURU inside: its losses are the auxiliary ones) and
-    CDSRec's own."""
+    CDSRec's own (`cdrec train cdsrec`)."""
 
-    short_layers: int = 2
-    short_window: int = 0
-    predict_first: bool = False  # also learn each user's first target item from their source history alone
-    source_dropout: float = 0.0  # hide a training row's whole source history with this probability
-    aux_weight: float = 0.5
+    short_layers: int = Field(2, ge=1, description="layers of the short-term target encoder")
+    short_window: int = Field(0, ge=0, description="the short-term encoder reads this many last items (0: all)")
+    predict_first: bool = Field(
+        False, description="also learn each user's first target item from their source history alone"
+    )
+    source_dropout: float = Field(
+        0.0, ge=0, lt=1, description="hide a training row's whole source history with this probability"
+    )
+    aux_weight: float = Field(0.5, ge=0, description="weight of GURU's own losses beside the recommendation loss")
 
 
 def config_from_args(args: CDSRecArgs, n_target: int, n_source: int) -> CDSRecConfig:
@@ -78,9 +87,8 @@ def train_cdsrec(
     per_batch = (data.target_out != 0).sum() / steps_per_epoch
     step = 0
 
-    def train_epoch(epoch: int) -> float:
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         nonlocal step
-        total, n = 0.0, 0
         for t_in, t_out, s_in, s_idx in bucketed_batches(data, args.batch_size, rng):
             negs = (samplers[0](), samplers[1]())
             if args.source_dropout > 0:  # the fusion must also work (and not over-rely) without the source
@@ -96,11 +104,10 @@ def train_cdsrec(
                                 args.cross)
                 aux = parts["rec"] + args.adv_weight * parts["adv"] + args.align_weight * parts["align"]
                 loss = loss + args.aux_weight * aux
-            opt.zero_grad(set_to_none=True)
-            (weight * loss).backward()
-            opt.step()
-            total, n, step = total + loss.item(), n + 1, step + 1
-        return total / max(1, n)
+            yield weight * loss, loss  # step on the weighted loss, report the plain one
+            step += 1
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     name = "cdsrec" if args.adversarial else "cdsrec-noadv"
     if args.encoder == "lstm":
@@ -108,5 +115,6 @@ def train_cdsrec(
     meta = {"model": name, "data": split.data.name, "target": split.target, "source": split.source,
             "n_target_items": n_target, "pretrained_guru": guru is not None, "args": asdict(args)}
     result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,
-                 out, meta, desc=f"{name} {split.target}")
+                 out, meta, desc=f"{name} {split.target}",
+                 items=checkpoint.catalogue(split.data, (split.target, split.source)) if out is not None else None)
     return model, result, scorer

@@ -8,41 +8,37 @@ pi-weighted) dot product with the K intent vectors (``DSS.score``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
-from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
+from training import checkpoint
+from training.args import NextItemArgs
+from training.data.batches import next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
-from training.evaluation import evaluate_ranking
-from training.fit import FitResult, SeqArgs, fit
+from training.evaluation import evaluate_ranking, sequence_scorer
+from training.fit import FitResult, epoch_of, fit
 from training.models.dss import DSS, DSSConfig, item_loss, reversed_future, seq2seq_loss
 from training.models.sasrec import popularity_sampler
 
 
 @dataclass
-class DSSArgs(SeqArgs):
-    heads: int = 1  # the paper's single-head encoder
-    intents: int = 4
-    tau: float = 0.1
-    lam: float = 0.1
-    score: str = "max"
-    assign: str = "item"
-    seq2seq_weight: float = 0.2  # 0 = seq2item only
-    weight_decay: float = 0.0
-    negatives: int = 2048  # 0 = full softmax; >0 = sampled softmax with that many shared negatives
-    neg_power: float = 1.0
-    seed: int = 0
+class DSSArgs(NextItemArgs):
+    """DSS's options (`cdrec train dss`)."""
 
-
-def dss_scorer(model: DSS, max_len: int) -> Callable[[Examples], torch.Tensor]:
-    def score(ex: Examples) -> torch.Tensor:
-        return model.score(encode_histories(ex.target_hist, max_len))
-
-    return score
+    heads: int = Field(1, ge=1, description="attention heads per layer (the paper's single-head encoder)")
+    intents: int = Field(4, ge=1, description="K: intent vectors per user")
+    tau: float = Field(0.1, gt=0, description="temperature of the intent assignment")
+    lam: float = Field(0.1, ge=0, description="seq2seq: an intent counts when its presence exceeds lam in both halves")
+    score: str = Field("max", description="item score over the intents: max | weighted (by pi)")
+    assign: str = Field(
+        "item", description="p(k|i) from the cosine of item (embeddings) or encoder (state)s to the prototypes"
+    )
+    seq2seq_weight: float = Field(0.2, ge=0, description="weight of the latent seq2seq loss (0: seq2item only)")
 
 
 def dss_step(
@@ -78,22 +74,20 @@ def train_dss(
                     args.tau, args.lam, args.score, args.assign)
     model = DSS(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scorer = dss_scorer(model, args.max_len)
+    scorer = sequence_scorer(model, args.max_len)
     sampler = popularity_sampler(labels, n_target, args.neg_power)
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
             x, y = trim_left_padding(*batch)
             s2i, s2s = dss_step(model, x, y, args, sampler)
             loss = s2i + args.seq2seq_weight * s2s
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     meta = {"model": "dss", "data": data.name, "target": target, "source": split.source, "n_target_items": n_target}
     result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,
-                 out, meta, desc=f"dss {target}")
+                 out, meta, desc=f"dss {target}",
+                 items=checkpoint.catalogue(data, (target, split.source)) if out is not None else None)
     return model, result, scorer

@@ -10,34 +10,25 @@ Reads top to bottom: data -> batches -> model -> loop with early stopping on val
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic.dataclasses import dataclass
 
-from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
+from training import checkpoint
+from training.args import NextItemArgs
+from training.data.batches import next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
-from training.evaluation import evaluate_ranking
-from training.fit import FitResult, SeqArgs, fit
+from training.evaluation import evaluate_ranking, sequence_scorer
+from training.fit import FitResult, epoch_of, fit
 from training.models.sasrec import SASRec, SASRecConfig, popularity_sampler, sequence_loss
 
 
 @dataclass
-class SASRecArgs(SeqArgs):
-    weight_decay: float = 0.0
-    negatives: int = 2048  # 0 = full softmax; >0 = sampled softmax with that many shared negatives
-    neg_power: float = 1.0  # negatives drawn ∝ popularity ** neg_power (0 = uniform), logQ-corrected
-    seed: int = 0
-
-
-def sasrec_scorer(model: SASRec, max_len: int, n_target: int, merged: bool) -> Callable[[Examples], torch.Tensor]:
-    def score(ex: Examples) -> torch.Tensor:
-        hist = ex.merged_hist(n_target) if merged else ex.target_hist
-        return model.score(encode_histories(hist, max_len))[:, : n_target + 1]
-
-    return score
+class SASRecArgs(NextItemArgs):
+    """SASRec's options (`cdrec train sasrec`): the shared ones (training.fit)."""
 
 
 def train_sasrec(
@@ -65,19 +56,16 @@ def train_sasrec(
 
     model = SASRec(SASRecConfig(n_vocab, args.dim, args.layers, args.heads, args.dropout, args.max_len))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scorer = sasrec_scorer(model, args.max_len, n_target, merged)
+    scorer = sequence_scorer(model, args.max_len, n_target, merged)
     sampler = popularity_sampler(labels, n_target, args.neg_power)  # negatives: target items only
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
             x, y = trim_left_padding(*batch)
             loss = sequence_loss(model, x, y, args.negatives, sampler, n_output=n_target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     meta = {
         "model": "sasrec-merged" if merged else "sasrec",
@@ -96,5 +84,6 @@ def train_sasrec(
         out,
         meta,
         desc=f"{meta['model']} {target}",
+        items=checkpoint.catalogue(data, (target, split.source)) if out is not None else None,
     )
     return model, result, scorer

@@ -14,56 +14,60 @@ entirely, and the test examples whose target is one of them form the slice.
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
+from training import checkpoint
+from training.args import SeqArgs
+from training.data.batches import next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.data.text import DEFAULT_CACHE_DIR, DEFAULT_TEXT_MODEL, item_text_vectors
-from training.evaluation import evaluate_ranking
-from training.fit import FitResult, SeqArgs, fit
+from training.evaluation import evaluate_ranking, sequence_scorer
+from training.fit import FitResult, epoch_of, fit
 from training.models.unisrec import UniSRec, UniSRecConfig, seq_item_loss, seq_seq_loss, transfer
 
 Scorer = Callable[[Examples], torch.Tensor]
 TextTables = dict[str, np.ndarray]  # domain -> (n_items + 1, text_dim) text vectors
 
 
-@dataclass
+@pydantic_dataclass
 class UniSRecArgs(SeqArgs):
-    variant: str = "inductive"  # inductive (text only) | transductive (text + id embedding)
+    """UniSRec's options (`cdrec train unisrec`)."""
+
+    variant: Literal["inductive", "transductive"] = Field(
+        "inductive", description="inductive (text only) | transductive (text + id embedding)"
+    )
     # zero-shot validation on Art-Office peaks after the first pretraining epoch, then drifts to the source domain
-    pretrain_epochs: int = 2  # 0 = no pretraining: fine-tune from scratch
-    pretrain_patience: int = 1
-    epochs: int = 40  # fine-tuning: the inductive model still gained at epoch 25 on Art-Office office
-    pretrain_lr: float = 1e-3
-    experts: int = 8
-    adapter_dropout: float = 0.2
-    temperature: float = 0.07
-    word_drop: float = 0.1  # dropout on the text vectors of the word-drop view (pretraining)
-    item_drop: float = 0.2  # share of history items dropped in the item-drop view (pretraining)
-    ssl_weight: float = 0.1  # weight of the sequence-sequence loss in pretraining
+    pretrain_epochs: int = Field(2, ge=0, description="pretraining epochs (0: no pretraining, fine-tune from scratch)")
+    pretrain_patience: int = Field(1, ge=1, description="pretraining epochs without a better zero-shot NDCG@10")
+    # fine-tuning: the inductive model still gained at epoch 25 on Art-Office office
+    epochs: int = Field(40, ge=1, description="most fine-tuning epochs")
+    pretrain_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the pretraining")
+    experts: int = Field(8, ge=1, description="experts of the MoE text adapter")
+    adapter_dropout: float = Field(0.2, ge=0, lt=1, description="dropout in the text adapter")
+    temperature: float = Field(0.07, gt=0, description="softmax temperature of the contrastive losses")
+    word_drop: float = Field(0.1, ge=0, lt=1, description="dropout on the text vectors of the word-drop view")
+    item_drop: float = Field(0.2, ge=0, lt=1, description="share of history items dropped in the item-drop view")
+    ssl_weight: float = Field(0.1, ge=0, description="weight of the sequence-sequence loss in pretraining")
     # fine-tuning softmax: in-batch + this many uniform negatives; 0 = the full catalogue, which is the paper's
     # loss but 76 s/epoch instead of 10 s on one CPU thread for Art-Office office (20k items through the adapter)
-    negatives: int = 2048
+    negatives: int = Field(2048, ge=0, description="uniform negatives beside the in-batch ones (0: full catalogue)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (pretraining and fine-tuning)")
     # transductive: fine-tune text-only first, then add the id embeddings and fine-tune again. Trained jointly
     # from the start, the ids memorise the training sequences within 2-3 epochs on Art-Office (valid NDCG@10
     # 0.049 at best vs 0.060 for text only); added last, they start from the text model and can only refine it
-    ids_after_text: bool = True
-    freeze_encoder: bool = False  # fine-tune only the adapter (+ ids): the paper's parameter-efficient option
-    text_model: str = DEFAULT_TEXT_MODEL
-    seed: int = 0
-
-
-def unisrec_scorer(model: UniSRec, max_len: int) -> Scorer:
-    def score(ex: Examples) -> torch.Tensor:
-        return model.score(encode_histories(ex.target_hist, max_len))
-
-    return score
+    ids_after_text: bool = Field(
+        True, description="transductive: fine-tune text-only first, then add the id embeddings"
+    )
+    freeze_encoder: bool = Field(False, description="fine-tune only the adapter (+ ids): parameter-efficient")
+    text_model: str = Field(DEFAULT_TEXT_MODEL, description="the sentence model that embeds item texts")
 
 
 def text_tables(split: NextItemSplit, domains: list[str], text_model: str) -> TextTables:
@@ -89,28 +93,26 @@ def pretrain(
     seqs = list(split.train_sequences(domain).values())
     inputs, labels = next_item_pairs(seqs, args.max_len)
     model = _model(args, text[domain], domain, transductive=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.pretrain_lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.pretrain_lr, weight_decay=args.weight_decay)
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
             x, y = trim_left_padding(*batch)
             loss = seq_item_loss(model, x, y, word_drop=args.word_drop)
             loss = loss + args.ssl_weight * seq_seq_loss(model, x, args.word_drop, args.item_drop)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
+
+    train_epoch = epoch_of(opt, batch_losses)
 
     def zero_shot() -> dict[str, float]:
         target = transfer(model, torch.as_tensor(text[split.target]), split.target).eval()
-        return evaluate_ranking(unisrec_scorer(target, args.max_len), split.valid)
+        return evaluate_ranking(sequence_scorer(target, args.max_len), split.valid)
 
     meta = {"model": "unisrec-pretrain", "data": split.data.name, "domain": domain, "target": split.target,
             "selected_on": f"zero-shot valid NDCG@10 on {split.target}"}
     result = fit(model, train_epoch, zero_shot, args.pretrain_epochs, args.pretrain_patience, out, meta,
-                 desc=f"unisrec pretrain {domain}->{split.target}")
+                 desc=f"unisrec pretrain {domain}->{split.target}",
+                 items=checkpoint.catalogue(split.data, (domain,)) if out is not None else None)
     return model, result
 
 
@@ -141,22 +143,19 @@ def finetune(
     n_items = model.cfg.n_items
     inputs, labels = next_item_pairs(list(split.train_sequences(target).values()), args.max_len)
     params = [p for n, p in model.named_parameters() if not (args.freeze_encoder and n.startswith("encoder."))]
-    opt = torch.optim.AdamW(params, lr=args.lr)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     pool = torch.arange(1, n_items + 1) if negative_pool is None else torch.as_tensor(negative_pool, dtype=torch.long)
 
-    def train_epoch(epoch: int) -> float:
-        total, n = 0.0, 0
+    def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
             x, y = trim_left_padding(*batch)
             extra = pool if args.negatives <= 0 else pool[torch.randint(len(pool), (args.negatives,))]
             loss = seq_item_loss(model, x, y, extra)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
-        return total / max(1, n)
+            yield loss
 
-    scorer = unisrec_scorer(model, args.max_len)
+    train_epoch = epoch_of(opt, batch_losses)
+
+    scorer = sequence_scorer(model, args.max_len)
     name = f"unisrec-{args.variant}"
     info = {
         "model": name,
@@ -171,7 +170,8 @@ def finetune(
         **(meta or {}),
     }
     result = fit(model, train_epoch, lambda: evaluate_ranking(scorer, split.valid), args.epochs, args.patience,
-                 out, info, desc=f"{name} {target}")
+                 out, info, desc=f"{name} {target}",
+                 items=checkpoint.catalogue(split.data, (target, split.source)) if out is not None else None)
     return model, result, scorer
 
 
@@ -234,40 +234,3 @@ def hold_out_items(split: NextItemSplit, frac: float = 0.1, seed: int = 0) -> It
     cold = replace(split, train=t[~is_held], valid=split.valid.subset(keep_valid))
     slice_idx = np.flatnonzero(np.isin(split.test.targets, held))
     return ItemColdSplit(cold, held, split.test.subset(slice_idx))
-
-
-# --------------------------------------------------------------------------- `cdrec train unisrec`
-
-
-def add_unisrec_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("unisrec", help="UniSRec: items from their text; pretrain on one domain, fine-tune on another")
-    p.add_argument("--data", required=True, help="a data path with item text (e.g. Art-Office)")
-    p.add_argument("--target-domain", required=True)
-    p.add_argument("--pretrain-domain", default=None, help="default: the other domain (--pretrain-epochs 0: none)")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="checkpoint directory")
-    for f in fields(UniSRecArgs):
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.name == "variant":
-            p.add_argument(flag, choices=("inductive", "transductive"), default=f.default)
-        elif isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
-
-
-def cli_report(ns: argparse.Namespace, split: NextItemSplit) -> dict[str, object]:
-    """Train as the flags say, save ``OUT/unisrec-VARIANT.TARGET.pt``, return valid and test metrics."""
-    args = UniSRecArgs(**{f.name: getattr(ns, f.name) for f in fields(UniSRecArgs)})
-    name = f"unisrec-{args.variant}"
-    out = ns.out / f"{name}.{split.target}.pt"
-    _, result, scorer, pre = train_unisrec(split, args, out, ns.pretrain_domain)
-    return {
-        "model": name,
-        "checkpoint": str(out),
-        "pretrain": None if pre is None else {"best_epoch": pre.best_epoch, "epoch_s": round(pre.epoch_s, 2),
-                                              "zero_shot_valid": pre.valid},
-        "best_epoch": result.best_epoch,
-        "epoch_s": round(result.epoch_s, 2),
-        "valid": result.valid,
-        "test": evaluate_ranking(scorer, split.test),
-    }

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from training.args import MFArgs
 from training.baselines import CrossCooccurrence, Popularity
 from training.data.interactions import Interactions, from_frame
 from training.data.splits import ColdStartSplit, cold_start_split
@@ -21,7 +22,6 @@ from training.train_bridge_inductive import (
     train_inductive,
     train_shared,
 )
-from training.train_mf import MFArgs
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,12 @@ import torch
 from torch.nn import functional as F
 
 from training import checkpoint
+from training.data.cross_domain import bucketed_batches, cross_domain_arrays
 from training.data.splits import leave_one_out
 from training.data.synthetic import synthetic_interactions
 from training.evaluation import evaluate_ranking
 from training.models.cdsrec import CDSRec, CDSRecConfig
 from training.train_cdsrec import CDSRecArgs, train_cdsrec
-from training.train_guru import bucketed_batches, cross_domain_arrays
 from training.train_sasrec import SASRecArgs, train_sasrec
 
 torch.set_num_threads(1)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from training import checkpoint
+from training.data.cross_domain import bucketed_batches, cross_domain_arrays
 from training.data.splits import leave_one_out
 from training.data.synthetic import synthetic_interactions
 from training.models.guru import GURU, GradReverse, GURUConfig, guru_losses, reversal_strength
-from training.train_guru import bucketed_batches, cross_domain_arrays
 
 torch.set_num_threads(1)
 

@@ -53,3 +53,11 @@ def trim_left_padding(*seqs: torch.Tensor) -> list[torch.Tensor]:
 def encode_histories(histories: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
     """Encode histories with the one encoder, then trim columns that are padding in every row."""
     return trim_left_padding(torch.as_tensor(encode_batch(histories, max_len)))[0]
+
+
+def minibatches(arrays: list[np.ndarray], batch_size: int, rng: np.random.Generator) -> Iterator[list[torch.Tensor]]:
+    """Aligned mini-batches of every array (rows shuffled, no bucketing) as tensors (MF, the bridges)."""
+    order = rng.permutation(len(arrays[0]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield [torch.as_tensor(a[idx]) for a in arrays]
