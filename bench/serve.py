@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import record, update_json, update_markdown
-from bench.serve_profile import WHOLE, profile_stages, start_redis
+from bench.serve_profile import REFERENCE, profile_stages, start_redis
 from core.redis_keys import seq_key
 
 BENCH = "serve"
@@ -321,7 +321,7 @@ def floor_row(kind: str, rows: list[dict[str, Any]], mins: dict[str, float], wor
     onnxruntime, FAISS + seen filter, JSON) plus the HTTP layer's CPU (the no-op route's peak, per worker), on
     ``workers`` cores; wrk's own CPU is not counted, so the floor is optimistic on a box that also runs wrk."""
     noop = max(r["req/s"] for r in rows if r["index"] == kind and r["target"] == "noop")
-    stage_us = sum(us for stage, us in mins.items() if stage != WHOLE)
+    stage_us = sum(us for stage, us in mins.items() if stage not in REFERENCE)
     http_us = 1e6 * workers / noop
     floor = workers * 1e6 / (stage_us + http_us)
     return {"index": kind, "target": "floor", "c": 0, "req/s": floor, "p50_ms": (stage_us + http_us) / 1e3,
@@ -347,9 +347,9 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
         )
     prof = ["| index | stage | p50 µs | share of the stages |", "|---|---|---|---|"]
     for kind, stages in profile.items():
-        total = sum(us for s, us in stages.items() if s != WHOLE)
+        total = sum(us for s, us in stages.items() if s not in REFERENCE)
         prof += [
-            f"| {kind} | {s} | {us:.0f} | {'' if s == WHOLE else f'{us / total:.0%}'} |" for s, us in stages.items()
+            f"| {kind} | {s} | {us:.0f} | {'' if s in REFERENCE else f'{us / total:.0%}'} |" for s, us in stages.items()
         ]
     load = os.getloadavg()
     return "\n".join(
