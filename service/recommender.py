@@ -57,6 +57,9 @@ log = logging.getLogger("cdrec.service")
 
 
 Strategy = Literal["gur", "bridge", "popular", "similar"]
+# vector-on-write batches still running past their ack beyond which new ones are shed (memory stays bounded
+# when writes outpace the encoder; a shed user's next read encodes live)
+MAX_PENDING_VECTOR_WRITES = 256
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class Recommender:
         self.batcher = None if executor is None else Batcher(executor, max_inflight=max(1, executor_threads))
         self.encode_on_write = encode_on_write and isinstance(store, VectorStore)
         self.write_wait_s = write_wait_s
-        self.written_vectors = {"stored": 0, "failed": 0}  # vector-on-write outcomes (tests, bench)
+        self.written_vectors = {"stored": 0, "failed": 0, "skipped": 0}  # vector-on-write outcomes (tests, bench)
         self._vector_tasks: set[asyncio.Future[None]] = set()  # referenced until done (asyncio keeps weak refs)
 
     def swap(self, bundle: ServingBundle) -> ServingBundle:
@@ -241,6 +244,9 @@ class Recommender:
             if (users := [u for u, recs in grouped.items() if any(r.domain in graph.read_domains() for r in recs)])
         ]
         if not plan:
+            return
+        if len(self._vector_tasks) >= MAX_PENDING_VECTOR_WRITES:  # encoding cannot keep up: shed, reads encode live
+            self.written_vectors["skipped"] += 1
             return
         task = asyncio.ensure_future(self._store_vectors(b, plan))
         self._vector_tasks.add(task)

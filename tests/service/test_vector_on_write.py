@@ -108,7 +108,7 @@ def test_the_ack_does_not_wait_on_a_slow_write_path_and_reads_stay_correct_meanw
                 assert meanwhile.strategy == "gur" and not meanwhile.cached
                 store.gate.set()
                 assert await rec.drain_writes(20), "vector on write did not finish"
-                assert rec.written_vectors == {"stored": 1, "failed": 0}
+                assert rec.written_vectors == {"stored": 1, "failed": 0, "skipped": 0}
                 after = await rec.recommend(user, "music", 5)
                 assert after.cached and [i for i, _ in after.items] == [i for i, _ in meanwhile.items]
                 assert [s for _, s in after.items] == pytest.approx([s for _, s in meanwhile.items], rel=1e-4)
@@ -137,3 +137,32 @@ def test_a_failing_vector_write_loses_no_event(service_artifacts: Path, redis_se
     asyncio.run(scenario())
     assert r.lrange(seq_key(user, "music"), 0, -1) == [b"m3"]
 
+
+
+def test_vector_writes_beyond_the_pending_bound_are_shed_and_the_events_still_stored(
+    service_artifacts: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.recommender as recommender
+
+    monkeypatch.setattr(recommender, "MAX_PENDING_VECTOR_WRITES", 1)
+    bundle = load_bundle(service_artifacts / "current")
+    first, second, r = _user(), _user(), _raw(redis_server)
+
+    async def scenario() -> None:
+        store = _GatedStore.from_url(redis_server.url, RedisSettings(timeout_s=1.0))
+        store.gate = asyncio.Event()
+        rec = Recommender(bundle, store, encode_on_write=True, write_wait_s=0.0)
+        try:
+            async with asyncio.timeout(30):
+                await rec.append([Event(first, "music", "m2")])  # held at the gate: the one pending write
+                assert (await rec.append([Event(second, "music", "m3")])).appended == 1
+                assert rec.written_vectors["skipped"] == 1
+                store.gate.set()
+                assert await rec.drain_writes(20)
+                assert rec.written_vectors["stored"] == 1
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+    assert r.get(emb_key(first, "music")) is not None and r.get(emb_key(second, "music")) is None
+    assert r.lrange(seq_key(second, "music"), 0, -1) == [b"m3"]
