@@ -53,7 +53,10 @@ def default_graphs(data: Interactions, target: str, source: str, max_len: int) -
     try:
         from training.models.cdsrec import CDSRec, CDSRecConfig
 
-        cds = CDSRec(CDSRecConfig(n_target=n_t, n_source=n_s, dim=64, max_len=max_len))
+        # the trainer's defaults (training/train_cdsrec.py CDSRecArgs): the dims and layers of the Art-Office
+        # CDSRec the demo serves (d 64, GURU 2 layers, 2 heads, short-term encoder 2 layers)
+        cds = CDSRec(CDSRecConfig(n_target=n_t, n_source=n_s, dim=64, layers=2, heads=2, max_len=max_len,
+                                  short_layers=2))
         graphs = [tower_graph(cds, {**meta, "model": "cdsrec"})]  # one user encoder per domain: the CDSRec
     except ImportError:
         pass

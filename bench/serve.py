@@ -15,7 +15,11 @@ each target at each concurrency for ``--duration`` seconds, one after the other,
 state. Reported: req/s, p50, p99; ratios vs the no-op and the naive pipeline from the same run; p99 at half
 the service's peak rate (wrk paced by its ``delay`` hook: an approximation of open-loop load); and an
 in-process per-stage profile of one request (Redis, encoding, onnxruntime, FAISS, JSON) that says where the
-time goes. Writes docs/results.json (bench "serve") and a section of docs/results.md unless --no-write.
+time goes. The ``floor`` row is the ceiling those stages allow: the sum of each stage's minimum in that profile
+plus the no-op route's CPU per request, on ``--workers`` cores; the warm peak is reported as a share of it. The
+``mix-10:1`` row appends one event (POST /v1/events, vector on write on) per ten recommends, against a read-only
+run on the same users just before it. Writes docs/results.json (bench "serve") and a section of docs/results.md
+unless --no-write.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import record, update_json, update_markdown
-from bench.serve_profile import WHOLE, profile_stages, start_redis
+from bench.serve_profile import REFERENCE, profile_stages, start_redis
 from core.redis_keys import seq_key
 
 BENCH = "serve"
@@ -63,9 +67,31 @@ end
 """
 
 
+# the 10:1 read/write mix: every 11th request appends an event (a real item) for a warm user of the same range
+LUA_MIX = """
+math.randomseed(%(seed)d)
+local lo, n = %(lo)d, %(n)d
+local items = {%(items)s}
+local counter = 0
+local reads = {["Content-Type"] = "application/json"}
+local writes = {["Content-Type"] = "application/json", ["X-API-Key"] = "bench"}
+request = function()
+  counter = counter + 1
+  local user = lo + math.random(0, n - 1)
+  if counter %% 11 == 0 then
+    local body = string.format('{"user_id":"w%%d","domain":"music","item_id":"%%s"}', user,
+      items[math.random(1, #items)])
+    return wrk.format("POST", "/v1/events", writes, body)
+  end
+  return wrk.format("POST", "/v1/recommend", reads, string.format('{"user_id":"w%%d","domain":"music","k":10}', user))
+end
+""" + LUA[LUA.index("done = function"):]
+
+
 def build_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
     """An artifacts root per index kind (cached): the same graphs, the same data, flat or HNSW."""
-    roots = {k: ns.cache / f"{k}-{ns.items}-{ns.users}" for k in kinds}
+    # "-t2": the trained-size towers of bench.export (issue 16): a cache of the older, smaller towers is not reused
+    roots = {k: ns.cache / f"{k}-{ns.items}-{ns.users}-t2" for k in kinds}
     todo = [k for k, r in roots.items() if not (r / "current").exists()]
     if not todo:
         return roots
@@ -158,10 +184,18 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_wrk(
-    url: str, method: str, path: str, prefix: str, n: int, conns: int, seconds: float, delay_ms: float = 0
+    url: str,
+    method: str,
+    path: str,
+    prefix: str,
+    n: int,
+    conns: int,
+    seconds: float,
+    delay_ms: float = 0,
+    script: str | None = None,
 ) -> dict[str, float]:
     body = "body" if method == "POST" else "nil"
-    script = LUA % {
+    script = script or LUA % {
         "seed": 1234 + conns,
         "n": max(1, n),
         "prefix": prefix,
@@ -259,10 +293,39 @@ def measure(
         rows.append({"index": kind, "target": "recommend-warm@half-peak", "c": conns, **r})
         print(f"{kind:5} half-peak {peak / 2:.0f} offered: {r['req/s']:.0f} req/s p99 {r['p99_ms']:.2f} ms",
               file=sys.stderr)  # fmt: skip
+        rows += mix_rows(ns, kind, root, s_url, users["w"], conns)
     finally:
         for proc in procs:
             stop_server(proc)
     return rows
+
+
+def mix_rows(ns: argparse.Namespace, kind: str, root: Path, url: str, n_warm: int, conns: int) -> list[dict[str, Any]]:
+    """Read-only, then the 10:1 read/write mix, back to back on the upper half of the warm users (untouched by the
+    events of the runs before, so vector on write starts from nothing there): the mix's req/s counts both kinds."""
+    ids = json.loads((root / "current" / f"items.{TARGET}.ids.json").read_text())[:500]
+    lo, n = n_warm // 2, n_warm - n_warm // 2
+    mix = LUA_MIX % {"seed": 99, "lo": lo, "n": n, "items": ",".join(json.dumps(i) for i in ids)}
+    read_only = LUA_MIX.replace("counter %% 11 == 0", "false") % {"seed": 98, "lo": lo, "n": n, "items": '"x"'}
+    rows = []
+    for name, script in (("recommend-warm-upper", read_only), ("mix-10:1", mix)):
+        r = run_wrk(url, "POST", "/v1/recommend", "w", n, conns, ns.duration, script=script)
+        rows.append({"index": kind, "target": name, "c": conns, **r, "degraded": 0.0})
+        print(f"{kind:5} {name:22} c={conns:<3} {r['req/s']:8.0f} req/s  p99 {r['p99_ms']:6.2f} ms  errors "
+              f"{r['errors']}", file=sys.stderr)  # fmt: skip
+    return rows
+
+
+def floor_row(kind: str, rows: list[dict[str, Any]], mins: dict[str, float], workers: int) -> dict[str, Any]:
+    """The ceiling the stages allow: per request, the sum of each stage's minimum in process (Redis, encoding,
+    onnxruntime, FAISS + seen filter, JSON) plus the HTTP layer's CPU (the no-op route's peak, per worker), on
+    ``workers`` cores; wrk's own CPU is not counted, so the floor is optimistic on a box that also runs wrk."""
+    noop = max(r["req/s"] for r in rows if r["index"] == kind and r["target"] == "noop")
+    stage_us = sum(us for stage, us in mins.items() if stage not in REFERENCE)
+    http_us = 1e6 * workers / noop
+    floor = workers * 1e6 / (stage_us + http_us)
+    return {"index": kind, "target": "floor", "c": 0, "req/s": floor, "p50_ms": (stage_us + http_us) / 1e3,
+            "p99_ms": float("nan"), "errors": 0, "degraded": 0.0, "stage_us": stage_us, "http_us": http_us}
 
 
 def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str, dict[str, float]]) -> str:
@@ -271,20 +334,22 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
     for r in rows:
         same = {x["target"]: x for x in rows if x["index"] == r["index"] and x["c"] == r["c"]}
         noop, naive = same.get("noop"), same.get("naive")
-        paced = "@" in r["target"]  # a paced run offers a fixed rate: its req/s is not a capacity to compare
+        # a paced run offers a fixed rate and the floor is computed: neither is a capacity to compare
+        paced = "@" in r["target"] or r["target"] == "floor"
         r["ratio_vs_noop"] = r["req/s"] / noop["req/s"] if noop and r["target"] != "noop" and not paced else None
         served = r["target"].startswith("recommend") and not paced
         r["ratio_vs_naive"] = r["req/s"] / naive["req/s"] if naive and served else None
         lines.append(
-            f"| {r['index']} | {r['target']} | {r['c']} | {r['req/s']:.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {_fmt(r['ratio_vs_noop'])} | {_fmt(r['ratio_vs_naive'])} | "
+            f"| {r['index']} | {r['target']} | {r['c'] or ''} | {r['req/s']:.0f} | {r['p50_ms']:.2f} | "
+            f"{'' if r['p99_ms'] != r['p99_ms'] else format(r['p99_ms'], '.2f')} | {_fmt(r['ratio_vs_noop'])} | "
+            f"{_fmt(r['ratio_vs_naive'])} | "
             f"{r.get('degraded', 0):.1%} | {r['errors']} |"
         )
     prof = ["| index | stage | p50 µs | share of the stages |", "|---|---|---|---|"]
     for kind, stages in profile.items():
-        total = sum(us for s, us in stages.items() if s != WHOLE)
+        total = sum(us for s, us in stages.items() if s not in REFERENCE)
         prof += [
-            f"| {kind} | {s} | {us:.0f} | {'' if s == WHOLE else f'{us / total:.0%}'} |" for s, us in stages.items()
+            f"| {kind} | {s} | {us:.0f} | {'' if s in REFERENCE else f'{us / total:.0%}'} |" for s, us in stages.items()
         ]
     load = os.getloadavg()
     return "\n".join(
@@ -305,11 +370,35 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
             "",
             *lines,
             "",
+            *shares(rows),
+            "",
             "Where one warm request's time goes, in process on one thread (medians):",
             "",
             *prof,
         ]
     )
+
+
+def shares(rows: list[dict[str, Any]]) -> list[str]:
+    """Per index: the peak warm req/s as a share of the floor row, and the 10:1 mix over read-only (same users);
+    both also set on the rows (records)."""
+    out = ["", "| index | floor req/s (stages µs + HTTP µs) | peak warm req/s | share of floor | mix 10:1 / "
+           "read-only |", "|---|---|---|---|---|"]  # fmt: skip
+    for kind in dict.fromkeys(r["index"] for r in rows):
+        mine = {r["target"]: r for r in rows if r["index"] == kind and "@" not in r["target"]}
+        floor = mine.get("floor")
+        peak = max((r["req/s"] for r in rows if r["index"] == kind and r["target"] == "recommend-warm"), default=0)
+        share = peak / floor["req/s"] if floor else None
+        mix, ro = mine.get("mix-10:1"), mine.get("recommend-warm-upper")
+        ratio = mix["req/s"] / ro["req/s"] if mix and ro else None
+        if floor:
+            floor["share_of_floor"] = share
+        if mix:
+            mix["ratio_vs_read_only"] = ratio
+        cost = f" ({floor['stage_us']:.0f} + {floor['http_us']:.0f})" if floor else ""
+        out.append(f"| {kind} | {floor['req/s'] if floor else 0:.0f}{cost} | {peak:.0f} | {_fmt(share)} | "
+                   f"{_fmt(ratio)} |")  # fmt: skip
+    return out
 
 
 def _fmt(v: float | None) -> str:
@@ -321,8 +410,9 @@ def records(rows: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
     for r in rows:
         model = f"{r['target']}:{r['index']}"
         task = f"target={TARGET}@c={r['c']}"
-        for metric in ("req/s", "p50_ms", "p99_ms", "ratio_vs_noop", "ratio_vs_naive"):
-            if r.get(metric) is not None:
+        for metric in ("req/s", "p50_ms", "p99_ms", "ratio_vs_noop", "ratio_vs_naive", "share_of_floor",
+                       "ratio_vs_read_only"):
+            if r.get(metric) is not None and r[metric] == r[metric]:  # the floor row has no p99 (NaN)
                 out.append(record(BENCH, dataset, task, model, metric, [r[metric]], split="loopback"))
     return out
 
@@ -353,8 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     redis_proc, redis_url = start_redis()
     try:
         users = seed_users(redis_url, ns)
-        profile = {k: profile_stages(roots[k], redis_url, users["w"]) for k in kinds}
+        both = {k: profile_stages(roots[k], redis_url, users["w"]) for k in kinds}
+        profile = {k: medians for k, (medians, _) in both.items()}
         rows = [row for k in kinds for row in measure(ns, k, roots[k], redis_url, users)]
+        rows += [floor_row(k, rows, both[k][1], ns.workers) for k in kinds]
     finally:
         redis_proc.kill()
         redis_proc.wait()

@@ -120,6 +120,15 @@ class ServiceSettings(BaseModel):
         None, description="start on this bundle directory instead of artifacts/current (set by the supervisor)"
     )
     state_dir: Path | None = Field(None, description="the supervisor's state directory (set by the supervisor)")
+    # issue 16 (the warm path's speed)
+    encode_on_write: bool = Field(
+        True,
+        description="POST /v1/events encodes the users it appended to and caches their vectors (same key and "
+        "format as the refresh job), so their next read skips the encoder; off = reads encode as before",
+    )
+    encode_on_write_wait_s: float = Field(
+        0.02, ge=0, description="the longest an event's ack waits for its vector-on-write (the rest runs after)"
+    )
 
 
 class Settings(BaseSettings):

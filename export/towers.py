@@ -170,7 +170,8 @@ def tower_graph(
     elif is_text_model(model):
         module, n_src = TextSeqTower(model), None
     elif _n_args(model) == 2 and hasattr(model, "item_vectors"):
-        module = model
+        # a model may provide a leaner module with the same output for serving (CDSRec: CDSRecServing)
+        module = model.serving_module() if callable(getattr(model, "serving_module", None)) else model
         cfg = getattr(model, "cfg", None)
         n_src = meta.get("n_source_items") or getattr(cfg, "n_source_items", None) or getattr(cfg, "n_source", None)
     else:

@@ -144,7 +144,8 @@ def create_app(settings: Settings) -> FastAPI:
             rs.breaker_window_s, rs.breaker_min_calls, rs.breaker_failure_rate, rs.breaker_refusals, rs.retry_after_s
         )
         recommender = Recommender(
-            bundle, store, executor, limits, rs.retry_after_s, cfg.executor_threads, CircuitBreaker(policy)
+            bundle, store, executor, limits, rs.retry_after_s, cfg.executor_threads, CircuitBreaker(policy),
+            encode_on_write=cfg.encode_on_write, write_wait_s=cfg.encode_on_write_wait_s,
         )
         # adds run in a thread of their own: encoding a batch of texts must not hold up the recommendations
         items_pool = ThreadPoolExecutor(1, "cdrec-items", set_threads, (cfg.faiss_threads,))
@@ -172,6 +173,8 @@ def create_app(settings: Settings) -> FastAPI:
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
+            # vector-on-write still running: each is bounded by the store's write timeout, then abandoned
+            await recommender.drain_writes(2 * rs.write_timeout_s)
             await store.aclose()
             items_pool.shutdown(wait=True)
             if executor is not None:

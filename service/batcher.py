@@ -3,7 +3,8 @@
 Every request's encode-and-search joins a queue; while no batch is running (or fewer than ``max_inflight``),
 the queued work goes to the executor as one job: per graph, the requests' left-padded sequences are stacked
 into one (B, T) feed for a single ``session.run`` (cheaper per row than B runs), then each row searches the
-index with its own k and exclusions. Under load a batch naturally grows to the requests that arrived while the
+index with its own k and exclusions (an ``encode`` job, from vector-on-write, skips the search and gets its
+vector). Under load a batch naturally grows to the requests that arrived while the
 previous one ran, so the thread hop is paid once per batch rather than once per request; an idle service runs
 batches of one. The event loop never waits on a native call, so Redis replies and health probes are read on
 time however busy the executor is.
@@ -19,24 +20,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.bundle import Graph
-from service.ports import IntArray, ItemIndex
+from service.ports import FloatArray, IntArray, ItemIndex
 
 Ranked = tuple[list[int], list[float]]
+Result = Ranked | FloatArray  # a search's rows and scores, or an encode job's vector (D,)
 
 
 @dataclass
 class _Job:
     graph: Graph
-    index: ItemIndex
+    index: ItemIndex | None  # None: an encode job (the vector is the result)
     feeds: Mapping[str, IntArray]
     k: int
     exclude: set[int]
-    future: asyncio.Future[Ranked]
+    future: asyncio.Future[Result]
 
 
-def run_batch(jobs: list[_Job]) -> list[Ranked | BaseException]:
+def run_batch(jobs: list[_Job]) -> list[Result | BaseException]:
     """The executor side: one encoder call per graph for all its jobs, then one search per job."""
-    out: list[Ranked | BaseException] = [RuntimeError("not run")] * len(jobs)
+    out: list[Result | BaseException] = [RuntimeError("not run")] * len(jobs)
     groups: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(id(job.graph), []).append(i)
@@ -51,6 +53,9 @@ def run_batch(jobs: list[_Job]) -> list[Ranked | BaseException]:
             continue
         for row, i in enumerate(members):
             job = jobs[i]
+            if job.index is None:
+                out[i] = np.array(vectors[row], dtype=np.float32)  # its own copy: the batch's array is shared
+                continue
             try:
                 out[i] = job.index.search(vectors[row], job.k, job.exclude)
             except Exception as exc:
@@ -71,6 +76,19 @@ class Batcher:
     async def run(
         self, graph: Graph, index: ItemIndex, feeds: Mapping[str, IntArray], k: int, exclude: set[int]
     ) -> Ranked:
+        result = await self._submit(graph, index, feeds, k, exclude)
+        assert isinstance(result, tuple)
+        return result
+
+    async def encode(self, graph: Graph, feeds: Mapping[str, IntArray]) -> FloatArray:
+        """The user vector (D,) alone, batched with whatever else waits for the executor."""
+        result = await self._submit(graph, None, feeds, 0, set())
+        assert not isinstance(result, tuple)
+        return result
+
+    async def _submit(
+        self, graph: Graph, index: ItemIndex | None, feeds: Mapping[str, IntArray], k: int, exclude: set[int]
+    ) -> Result:
         loop = asyncio.get_running_loop()
         job = _Job(graph, index, feeds, k, exclude, loop.create_future())
         self._queue.append(job)
@@ -90,10 +108,10 @@ class Batcher:
         done.add_done_callback(lambda f: self._finish(loop, jobs, f))
 
     def _finish(
-        self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], f: asyncio.Future[list[Ranked | BaseException]]
+        self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], f: asyncio.Future[list[Result | BaseException]]
     ) -> None:
         self._inflight -= 1
-        results: list[Ranked | BaseException]
+        results: list[Result | BaseException]
         if f.cancelled():
             results = [asyncio.CancelledError()] * len(jobs)
         elif f.exception() is not None:

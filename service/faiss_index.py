@@ -10,7 +10,13 @@ job, so the "never fewer than k" promise does not depend on the graph's reach.
 (``IDSelectorNot(IDSelectorBatch(...))``, efSearch at least ``k``). Measured by ``python -m bench.faiss_exclude``
 (docs/results.md) on 100k items: slower than searching deeper up to a few hundred exclusions (building the
 selector costs more than the extra depth), 3.4x faster on HNSW at 1,000 but at recall@10 0.965 against 0.998.
-The service keeps the default, ``deeper``: the usual request excludes at most a sequence's 50 items.
+
+The service's default, ``auto``, takes the cheaper of the two per request: searching deeper while the depth
+``k + |exclude|`` fits in what the index visits anyway (HNSW: ``efSearch``; IVF and flat: up to ``DEEPER_MAX``),
+so the usual request (a sequence's <= 50 seen items) costs what a plain search costs; the selector beyond it,
+so a long ``exclude`` list never makes HNSW walk an efSearch of 1,000+. Whatever way comes back short, exact
+scores finish the job. Measured by ``python -m bench.faiss_exclude`` (its ``plain`` column: the same queries
+without exclusions, in the same run).
 
 Search parameters (efSearch, nprobe) come from the manifest, where the export measured their recall. FAISS
 parallelises with OpenMP, whose thread count is per calling thread: ``set_threads`` must run in every thread
@@ -34,11 +40,15 @@ def set_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
-Exclusion = Literal["selector", "deeper"]
+Exclusion = Literal["selector", "deeper", "auto"]
+# ``auto``: the deepest post-filtered search of an IVF or flat index before the selector takes over (a deeper
+# heap costs per row; the selector's per-request set costs per exclusion: bench.faiss_exclude puts the crossing
+# between 200 and 1,000 exclusions)
+DEEPER_MAX = 256
 
 
 class FaissItemIndex:
-    def __init__(self, path: Path, spec: IndexSpec, exclusion: Exclusion = "deeper") -> None:
+    def __init__(self, path: Path, spec: IndexSpec, exclusion: Exclusion = "auto") -> None:
         index = faiss.read_index(str(path))
         self.type = spec.type
         self.exclusion = exclusion
@@ -85,7 +95,7 @@ class FaissItemIndex:
         if want <= 0:
             return [], []
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        if exclude and self.type != "flat" and self.exclusion == "selector":
+        if exclude and self._selects(k + len(exclude)):
             scores, ids = self._search_selected(q, k, exclude)
         else:
             depth = min(n, k + len(exclude))
@@ -106,6 +116,14 @@ class FaissItemIndex:
         if len(rows) < want:  # an approximate index came back short: exact scores finish the job
             return self._exact(q[0], want, exclude)
         return rows, out
+
+    def _selects(self, depth: int) -> bool:
+        """Whether excluding with FAISS' selector beats post-filtering a search ``depth`` rows deep."""
+        if self.type == "flat" or self.exclusion == "deeper":
+            return False
+        if self.exclusion == "selector":
+            return True
+        return depth > (self._ef if self.type == "hnsw" else DEEPER_MAX)
 
     def _search_selected(self, q: FloatArray, k: int, exclude: Set[int]) -> tuple[FloatArray, Any]:
         """One approximate search that skips ``exclude`` inside FAISS; the index's own parameters untouched."""

@@ -82,6 +82,19 @@ class SequenceStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class VectorStore(Protocol):
+    """What vector-on-write needs beyond ``SequenceStore`` (the Recommender uses it when the store has it)."""
+
+    async def read_many(self, users: Sequence[str], domains: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+        """``read`` of several users at once, in one round trip."""
+        ...
+
+    async def write_vectors(self, vectors: Mapping[str, bytes]) -> None:
+        """SET each ``emb_key`` -> packed vector (core.redis_keys.pack_embedding), with the users' TTL if any."""
+        ...
+
+
 class Encoder(Protocol):
     def __call__(self, feeds: Mapping[str, IntArray]) -> FloatArray:
         """Named (B, T) int64 sequences -> (B, D) float32 user vectors."""

@@ -15,6 +15,14 @@ user-encoder request also fetches, in the same round trip, the refresh job's cac
 and searches with it, skipping the encoder, when it was made by the serving bundle version from the very
 sequences just read (fingerprint). The bundle is swapped whole (``swap``): a request keeps the bundle it
 started with.
+
+Vector on write (``encode_on_write``): once the store acknowledged an append, each user whose sequences a user
+encoder reads is re-read and encoded (batched with the requests through the batcher) and the vector stored
+under the same key and format as the refresh job's (version + fingerprint of the lists it was encoded from), so
+the user's next read takes the cached path. The ack waits for that at most ``write_wait_s`` (the events are
+stored either way); past it the work finishes in the background. A vector that lost a race with a newer
+append carries the older fingerprint and is never served; when the write path is slow, failing or off, reads
+encode live as before.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-from core.redis_keys import FORBIDDEN_IN_IDS, sequence_fingerprint, unpack_embedding
+from core.redis_keys import FORBIDDEN_IN_IDS, emb_key, pack_embedding, sequence_fingerprint, unpack_embedding
 from service.batcher import Batcher, Ranked
 from service.breaker import BreakerPolicy, CircuitBreaker
 from service.bundle import Catalogue, Graph, ServingBundle
@@ -41,6 +49,7 @@ from service.ports import (
     ItemIndex,
     SequenceStore,
     StoreUnavailable,
+    VectorStore,
 )
 from service.schemas import CONTROL
 
@@ -48,6 +57,9 @@ log = logging.getLogger("cdrec.service")
 
 
 Strategy = Literal["gur", "bridge", "popular", "similar"]
+# vector-on-write batches still running past their ack beyond which new ones are shed (memory stays bounded
+# when writes outpace the encoder; a shed user's next read encodes live)
+MAX_PENDING_VECTOR_WRITES = 256
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,8 @@ class Recommender:
         retry_after_s: float = 1.0,
         executor_threads: int = 1,
         breaker: CircuitBreaker | None = None,
+        encode_on_write: bool = False,
+        write_wait_s: float = 0.02,
     ) -> None:
         self.bundle = bundle
         self.store = store
@@ -108,6 +122,10 @@ class Recommender:
         self.health = breaker or CircuitBreaker(BreakerPolicy(open_s=retry_after_s))
         self._executor = executor  # None: native calls run inline on the loop (benchmarks only)
         self.batcher = None if executor is None else Batcher(executor, max_inflight=max(1, executor_threads))
+        self.encode_on_write = encode_on_write and isinstance(store, VectorStore)
+        self.write_wait_s = write_wait_s
+        self.written_vectors = {"stored": 0, "failed": 0, "skipped": 0}  # vector-on-write outcomes (tests, bench)
+        self._vector_tasks: set[asyncio.Future[None]] = set()  # referenced until done (asyncio keeps weak refs)
 
     def swap(self, bundle: ServingBundle) -> ServingBundle:
         old, self.bundle = self.bundle, bundle
@@ -214,7 +232,64 @@ class Recommender:
             self._failed(exc)
             raise
         self.health.success()
+        if self.encode_on_write:
+            await self._encode_written(b, grouped)
         return done
+
+    async def _encode_written(self, b: ServingBundle, grouped: Mapping[str, Sequence[EventRecord]]) -> None:
+        """Start vector-on-write for the users of an acknowledged append; wait for it at most ``write_wait_s``."""
+        plan = [
+            (graph, users)
+            for graph in b.encoders.values()
+            if (users := [u for u, recs in grouped.items() if any(r.domain in graph.read_domains() for r in recs)])
+        ]
+        if not plan:
+            return
+        if len(self._vector_tasks) >= MAX_PENDING_VECTOR_WRITES:  # encoding cannot keep up: shed, reads encode live
+            self.written_vectors["skipped"] += 1
+            return
+        task = asyncio.ensure_future(self._store_vectors(b, plan))
+        self._vector_tasks.add(task)
+        task.add_done_callback(self._vector_tasks.discard)
+        await asyncio.wait({task}, timeout=self.write_wait_s)  # never raises; past the bound the task carries on
+
+    async def _store_vectors(self, b: ServingBundle, plan: Sequence[tuple[Graph, Sequence[str]]]) -> None:
+        store = self.store
+        assert isinstance(store, VectorStore)
+        try:
+            users = _unique([u for _, us in plan for u in us])
+            domains = _unique([d for g, _ in plan for d in g.read_domains()])
+            seqs = await store.read_many(users, domains)
+            todo: list[tuple[str, str, asyncio.Future[FloatArray]]] = []
+            for graph, us in plan:
+                cat = b.catalogues[graph.target_domain]
+                for u in us:
+                    if not cat.encodable_rows(seqs[u].get(graph.target_domain, ())):
+                        continue  # no target history: reads take the bridge or popularity, no vector to cache
+                    key = emb_key(u, graph.target_domain)
+                    fingerprint = sequence_fingerprint(seqs[u], graph.read_domains())
+                    todo.append((key, fingerprint, asyncio.ensure_future(self._encode(graph, seqs[u], b))))
+            vectors = await asyncio.gather(*(f for _, _, f in todo))
+            await store.write_vectors(
+                {key: pack_embedding(b.version, fp, v) for (key, fp, _), v in zip(todo, vectors, strict=True)}
+            )
+            self.written_vectors["stored"] += len(todo)
+        except Exception:  # the events are stored: a read without a cached vector encodes live
+            self.written_vectors["failed"] += 1
+            log.warning("vector on write failed; those users' next reads encode live", exc_info=True)
+
+    async def _encode(self, graph: Graph, seqs: Mapping[str, Sequence[str]], b: ServingBundle) -> FloatArray:
+        feeds = graph.feeds(seqs, b.catalogues)
+        if self.batcher is not None:
+            return await self.batcher.encode(graph, feeds)
+        vector: FloatArray = graph.encoder(feeds)[0]
+        return vector
+
+    async def drain_writes(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for vector-on-write work still running (shutdown, tests); True when none is."""
+        if self._vector_tasks:
+            await asyncio.wait(set(self._vector_tasks), timeout=timeout_s)
+        return not self._vector_tasks
 
     async def check_store(self) -> bool:
         """Probe the store now (readiness); a success ends the skip window at once."""

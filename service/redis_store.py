@@ -165,6 +165,26 @@ class RedisSequenceStore:
         *lists, cached = await self._read_replies(pipe)
         return dict(zip(domains, lists, strict=True)), cached
 
+    async def read_many(self, users: Sequence[str], domains: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+        """Vector-on-write's read: every user's lists of ``domains`` in one pipeline (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        for user in users:
+            for domain in domains:
+                pipe.lrange(seq_key(user, domain), 0, -1)
+        lists = iter(await self._run(pipe, self.write_timeout_s))
+        return {user: {domain: next(lists) for domain in domains} for user in users}
+
+    async def write_vectors(self, vectors: Mapping[str, bytes]) -> None:
+        """Vector-on-write's write: SET each cached user vector (``emb_key`` -> packed bytes), expiring with the
+        user's lists when ``user_ttl_s`` is set (as the refresh job's do). Single-key SETs, so a cluster
+        pipeline splits them by slot."""
+        if not vectors:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for key, raw in vectors.items():
+            pipe.set(key, raw, px=self.ttl_ms or None)
+        await self._run(pipe, self.write_timeout_s)
+
     async def check_durability(self) -> None:
         """Check once that the server gives ``redis.durability`` (service.durability); ``DurabilityRefused``
         says what to change. StoreUnavailable when Redis does not answer (checked again before a write).

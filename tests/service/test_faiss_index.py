@@ -58,13 +58,14 @@ def indexes(vectors: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> di
         faiss.write_index(index, str(root / f"{name}.faiss"))
         out[name] = FaissItemIndex(root / f"{name}.faiss", _spec(name, params))
         if name != "flat":
-            out[f"{name}-selector"] = FaissItemIndex(root / f"{name}.faiss", _spec(name, params), exclusion="selector")
+            for way in ("selector", "deeper"):
+                out[f"{name}-{way}"] = FaissItemIndex(root / f"{name}.faiss", _spec(name, params), exclusion=way)
     return out
 
 
 @settings(max_examples=80, deadline=None)
 @given(
-    kind=st.sampled_from(["flat", "hnsw", "ivf", "hnsw-selector", "ivf-selector"]),
+    kind=st.sampled_from(["flat", "hnsw", "ivf", "hnsw-selector", "ivf-selector", "hnsw-deeper", "ivf-deeper"]),
     exclude=st.sets(st.integers(0, N - 1), max_size=N),
     k=st.integers(1, 120),
     q=st.integers(0, N - 1),
@@ -97,11 +98,11 @@ def test_stored_vectors_are_readable_by_row_for_every_index_type(
 
 
 def test_search_leaves_the_index_search_parameters_untouched(indexes: dict[str, FaissItemIndex]) -> None:
-    for name in ("hnsw", "hnsw-selector"):
+    for name in ("hnsw", "hnsw-selector", "hnsw-deeper"):
         index = indexes[name]
         index.search(index.vector(0), 50, set(range(100)))
         assert faiss.downcast_index(index._index).hnsw.efSearch == 4
-    for name in ("ivf", "ivf-selector"):
+    for name in ("ivf", "ivf-selector", "ivf-deeper"):
         indexes[name].search(indexes[name].vector(0), 50, set(range(100)))
         assert faiss.extract_index_ivf(indexes[name]._index).nprobe == 1
 
@@ -115,3 +116,27 @@ def test_the_selector_keeps_excluded_rows_out_of_faiss_own_answer(
         q = np.ascontiguousarray(vectors[3:4])
         _, ids = indexes[name]._search_selected(q, 20, exclude)
         assert not set(ids[0].tolist()) & exclude, name
+
+
+def test_auto_searches_deeper_within_efsearch_and_uses_the_selector_beyond_it(
+    indexes: dict[str, FaissItemIndex], vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the default way: a depth that efSearch covers anyway is post-filtered (no selector built per request);
+    # past it, FAISS' selector (no efSearch raised to 1,000+); either way never an excluded row and k rows
+    index = indexes["hnsw"]
+    assert index.exclusion == "auto"
+    used: list[int] = []
+    real = index._search_selected
+
+    def spy(q: np.ndarray, k: int, exclude: set[int]) -> Any:
+        used.append(len(exclude))
+        return real(q, k, exclude)
+
+    monkeypatch.setattr(index, "_search_selected", spy)
+    for exclude, selects in ((set(), False), ({1}, True), (set(range(0, N, 2)), True)):
+        rows, _ = index.search(vectors[5], 4, exclude)  # efSearch is 4 here: k 4 + 1 exclusion is past it
+        assert len(rows) == 4 and not set(rows) & exclude
+        assert bool(used) == selects
+        used.clear()
+    rows, _ = index.search(vectors[5], 2, {7, 9})  # depth 4 == efSearch: post-filtered
+    assert not used and len(rows) == 2 and not set(rows) & {7, 9}

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from training.models.guru import GURU, CausalEncoder, GURUConfig
-from training.models.layers import EncoderConfig
+from training.models.layers import EncoderConfig, attention_mask
 
 
 @dataclass
@@ -168,5 +168,110 @@ class CDSRec(nn.Module):
         source_mask = (source_seq != 0)[:, None, :]  # (B, 1, T')
         return self.fuse(s[:, -1:], g_t[:, -1:], g_s, target_seq[:, -1:] != 0, source_mask, back)[:, 0]
 
+    def serving_module(self) -> nn.Module:
+        """The module export writes as the ONNX user tower: ``CDSRecServing`` (same output, fewer FLOPs) for
+        transformer encoders; the model itself otherwise."""
+        if self.cfg.encoder != "transformer":
+            return self
+        return CDSRecServing(self)
+
     def score(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
         return self(target_seq, source_seq) @ self.item_vectors().T  # (B, N+1)
+
+
+class CDSRecServing(nn.Module):
+    """``CDSRec.forward`` computed leanly, for export (the ONNX graph of the user tower; same weights, same
+    output within float error: tests/training/test_cdsrec_serving.py, and export/parity.py on every export).
+
+    ``forward`` reads only the last column of the short-term state and of the target GUR, so their encoders'
+    last layer runs its query, attention output and MLP at that column alone (keys and values still span the
+    sequence); the source GUR is read at every column and runs whole. When both sequences have one length, the
+    GURU layers before the last run target and source stacked as one (2B, T) batch (their weights are shared):
+    one larger matmul per layer instead of two. Transformer encoders only (``CDSRec.serving_module``)."""
+
+    def __init__(self, model: CDSRec) -> None:
+        super().__init__()
+        self.model = model
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.model.item_vectors()
+
+    def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) target ids, (B, T') source ids -> (B, D), as ``CDSRec.forward``."""
+        m, guru = self.model, self.model.guru
+        B, T = target_seq.shape
+        D = m.cfg.dim
+        pad_t, pad_s = target_seq == 0, source_seq == 0
+        x_t = guru.item_emb[0](target_seq) * math.sqrt(D) + guru.domain_emb.weight[0]  # (B, T, D)
+        x_s = guru.item_emb[1](source_seq) * math.sqrt(D) + guru.domain_emb.weight[1]  # (B, T', D)
+        enc = guru.encoder
+        # one stacked (2B, L) batch through the shared layers before the last, both sides left padded to the
+        # longer length L: exact, since states depend on relative positions only and padding keys are masked
+        # (a shape computed in the graph, not a Python branch, so the ONNX graph keeps dynamic lengths)
+        L = torch.maximum(torch.as_tensor(T), torch.as_tensor(source_seq.shape[1]))
+        pad_t, x_t = _left_pad(pad_t, x_t, L)
+        pad_s, x_s = _left_pad(pad_s, x_s, L)
+        h = _layers(enc, torch.cat([x_t, x_s]), torch.cat([pad_t, pad_s]), len(enc.blocks) - 1)  # (2B, L, D)
+        h_t, h_s = h[:B], h[B:]
+        g_t = enc.ln(_last_block(enc, enc.blocks[-1], h_t, pad_t))  # (B, 1, D)
+        g_s = enc.ln(enc.blocks[-1](h_s, *_mask_bias(enc, pad_s)))  # (B, T', D)
+        short = m.short
+        x, pad = guru.item_emb[0](target_seq) * math.sqrt(D), target_seq == 0
+        s = short.ln(_last_block(short, short.blocks[-1], _layers(short, x, pad, len(short.blocks) - 1), pad))
+        cols = torch.arange(pad_s.shape[1], device=source_seq.device)
+        back = (cols[-1:] - cols)[None, None, :]  # (1, 1, L): every source item is in the past
+        source_mask = ~pad_s[:, None, :]  # (B, 1, L)
+        return m.fuse(s, g_t, g_s, target_seq[:, -1:] != 0, source_mask, back)[:, 0]
+
+
+def _left_pad(pad: torch.Tensor, x: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) padding flags and (B, T, D) inputs, left padded to ``length`` columns (a 0-d tensor >= T)."""
+    B, T, D = x.shape
+    extra = length - T
+    flags = torch.ones((B, extra), dtype=torch.bool, device=pad.device)  # type: ignore[call-overload]
+    zeros = torch.zeros((B, extra, D), dtype=x.dtype, device=x.device)  # type: ignore[call-overload]
+    return torch.cat([flags, pad], dim=1), torch.cat([zeros, x], dim=1)
+
+
+def _mask_bias(enc: CausalEncoder, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's (B, 1, T, T) mask and (1, H, T, T) relative bias, as ``CausalEncoder.forward`` builds them."""
+    ar = torch.arange(pad.shape[1], device=pad.device)[None, :]
+    dist = ar.T - ar  # (T, T)
+    bias = enc.rel(dist.clamp(0, enc.max_len - 1)).permute(2, 0, 1)[None]
+    mask = attention_mask(pad, causal=True)
+    if enc.window > 0:
+        mask = mask & (dist < enc.window)[None, None]
+    return mask, bias
+
+
+def _layers(enc: CausalEncoder, x: torch.Tensor, pad: torch.Tensor, n: int) -> torch.Tensor:
+    """The encoder's input masking and its first ``n`` blocks, at every column: (B, T, D) -> (B, T, D)."""
+    x = x.masked_fill(pad[..., None], 0.0)
+    if n == 0:
+        return x
+    mask, bias = _mask_bias(enc, pad)
+    for block in enc.blocks[:n]:
+        x = block(x, mask, bias)
+    return x
+
+
+def _last_block(enc: CausalEncoder, block: nn.Module, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """``block`` with its query at the last column only: (B, T, D) block input -> (B, 1, D) block output there."""
+    B, T, D = x.shape
+    attn = block.attn
+    H = attn.heads
+    ar = torch.arange(T, device=x.device)
+    dist = T - 1 - ar  # (T,): the last column minus each key's
+    bias = enc.rel(dist.clamp(0, enc.max_len - 1)).T[None, :, None, :]  # (1, H, 1, T)
+    allowed = (~pad | (dist == 0)[None, :])[:, None, None, :]  # (B, 1, 1, T): real keys, and itself always
+    if enc.window > 0:
+        allowed = allowed & (dist < enc.window)[None, None, None, :]
+    h = block.ln1(x)
+    w, b = attn.qkv.weight, attn.qkv.bias
+    q = nn.functional.linear(h[:, -1:], w[:D], b[:D]).view(B, 1, H, D // H).transpose(1, 2)  # (B, H, 1, Dh)
+    kv = nn.functional.linear(h, w[D:], b[D:])  # (B, T, 2D)
+    k = kv[..., :D].reshape(B, T, H, D // H).transpose(1, 2)  # (B, H, T, Dh)
+    v = kv[..., D:].reshape(B, T, H, D // H).transpose(1, 2)
+    att = torch.softmax(((q @ k.transpose(-2, -1)) * attn.scale + bias).masked_fill(~allowed, -1e9), dim=-1)
+    y = x[:, -1:] + attn.proj((att @ v).transpose(1, 2).reshape(B, 1, D))  # (B, 1, D)
+    return y + block.mlp(block.ln2(y))
