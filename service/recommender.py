@@ -15,6 +15,11 @@ user-encoder request also fetches, in the same round trip, the refresh job's cac
 and searches with it, skipping the encoder, when it was made by the serving bundle version from the very
 sequences just read (fingerprint). The bundle is swapped whole (``swap``): a request keeps the bundle it
 started with.
+
+Multi-interest retrieval: a K-vector user encoder (a DSS bundle, ``Graph.intents``) gives (K, D) per user;
+the index searches the K queries in one batched FAISS call and merges them by each item's best score
+(service.faiss_index ``search_intents``), with the same exclusions, and the answer's strategy is ``dss``. The
+refresh job caches such a user's K * D floats, read back here as K queries (``_intent_rows``).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from service.schemas import CONTROL
 log = logging.getLogger("cdrec.service")
 
 
-Strategy = Literal["gur", "bridge", "popular", "similar"]
+Strategy = Literal["gur", "dss", "bridge", "popular", "similar"]
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ class Recommender:
             vector = _fresh_vector(cached, b.version, encoder, seqs)
             if vector is not None:
                 return await self._cached(b, encoder, vector, k, excluded)
-            return await self._model(b, encoder, seqs, k, excluded, "gur")
+            return await self._model(b, encoder, seqs, k, excluded, _encoder_strategy(encoder))
         bridge = _best_bridge(bridges, seqs, b.catalogues)
         if bridge is not None:
             return await self._model(b, bridge, seqs, k, excluded, "bridge")
@@ -308,7 +313,7 @@ class Recommender:
             log.exception("search on a cached vector failed; answering popularity")
             return self._popular(b, cat, k, excluded, degraded=True, fallback=f"model_error:{type(exc).__name__}")
         items = [(cat.ids[r], s) for r, s in zip(rows, scores, strict=True)]
-        return Recommendation(items, "gur", b.version, cached=True)
+        return Recommendation(items, _encoder_strategy(encoder), b.version, cached=True)
 
     def _popular(
         self,
@@ -345,7 +350,22 @@ def _fresh_vector(
         return None
     if cached[1] != sequence_fingerprint(seqs, encoder.read_domains()):
         return None
-    return cached[2]
+    return _intent_rows(cached[2], encoder)
+
+
+def _encoder_strategy(encoder: Graph) -> Strategy:
+    """A K-vector user encoder (DSS) answers ``dss`` (multi-interest retrieval); a one-vector one ``gur``."""
+    return "gur" if encoder.intents is None else "dss"
+
+
+def _intent_rows(vector: FloatArray, encoder: Graph) -> FloatArray | None:
+    """The refresh job stores a K-vector encoder's K * D floats flat (pack_embedding of its (K, D) row): back to
+    (K, D), so the cached path searches the K queries as the live one does (None when the length disagrees)."""
+    if encoder.intents is None:
+        return vector
+    if vector.size % encoder.intents:
+        return None
+    return vector.reshape(encoder.intents, -1)
 
 
 def _similar(index: ItemIndex, row: int, k: int) -> Ranked:
