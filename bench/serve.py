@@ -354,7 +354,8 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
     load = os.getloadavg()
     return "\n".join(
         [
-            f"## Serve: {ns.items // 1000}k items, {ns.users // 1000}k users, {ns.workers} workers, wrk -t1, "
+            f"## Serve{' multi-interest (DSS) vs single-vector' if ns.only_dss else ''}: {ns.items // 1000}k items, "
+            f"{ns.users // 1000}k users, {ns.workers} workers, wrk -t1, "
             f"{ns.duration:g} s per target and concurrency in {ns.rounds} interleaved rounds (medians)",
             "",
             "```",
