@@ -72,9 +72,11 @@ end
 """
 
 
-def build_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
-    """An artifacts root per index kind (cached): the same graphs, the same data, flat or HNSW."""
-    roots = {k: ns.cache / f"{k}-{ns.items}-{ns.users}" for k in kinds}
+def build_bundles(ns: argparse.Namespace, kinds: list[str], dss: bool = False) -> dict[str, Path]:
+    """An artifacts root per index kind (cached): the same graphs, the same data, flat or HNSW. ``dss``: the
+    user encoder is a DSS tower (``dss_tower``, ``ns.intents`` intents) instead of the CDSRec one."""
+    prefix = f"dss{ns.intents}-" if dss else ""
+    roots = {k: ns.cache / f"{prefix}{k}-{ns.items}-{ns.users}" for k in kinds}
     todo = [k for k, r in roots.items() if not (r / "current").exists()]
     if not todo:
         return roots
@@ -89,6 +91,8 @@ def build_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
     torch.set_num_threads(2)
     data = synthetic_interactions(seed=0, n_users=ns.users, n_items=(ns.source_items, ns.items), n_topics=100)
     graphs = default_graphs(data, TARGET, SOURCE, 50)
+    if dss:  # the same bridge (its own item space), a DSS user encoder
+        graphs = [dss_tower(data, ns.intents), graphs[-1]]
     domains = domains_from_data(data)
     for kind in todo:
         start = time.perf_counter()
@@ -96,43 +100,22 @@ def build_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
         opts = ExportOptions(index=index, parity=ParityOptions(random_sequences=64, real_sequences=64), version=kind)
         shutil.rmtree(roots[kind], ignore_errors=True)
         export_bundle(graphs, roots[kind], domains, opts, data.name)
-        print(f"exported the {kind} bundle in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        print(f"exported the {prefix}{kind} bundle in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return roots
 
 
-def build_dss_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
-    """An artifacts root per index kind (cached) with a DSS user encoder (the demo tower's dims) + the bridge."""
-    roots = {k: ns.cache / f"dss{ns.intents}-{k}-{ns.items}-{ns.users}" for k in kinds}
-    todo = [k for k, r in roots.items() if not (r / "current").exists()]
-    if not todo:
-        return roots
+def dss_tower(data: Any, intents: int) -> Any:
+    """A DSS user encoder of the demo tower's dims (dim 64, 2 layers, max_len 50, K intents), untrained."""
     import torch
 
-    from bench.export import default_graphs
-    from export.bundle import ExportOptions, domains_from_data, export_bundle
     from export.dss import dss_graph
-    from export.index import IndexOptions
-    from export.parity import ParityOptions
-    from training.data.synthetic import synthetic_interactions
     from training.models.dss import DSS, DSSConfig
 
-    torch.set_num_threads(2)
-    data = synthetic_interactions(seed=0, n_users=ns.users, n_items=(ns.source_items, ns.items), n_topics=100)
-    bridge = default_graphs(data, TARGET, SOURCE, 50)[-1]
     n_t = data.n_items(TARGET)
     torch.manual_seed(0)
-    dss = DSS(DSSConfig(n_t, dim=64, layers=2, heads=1, max_len=50, intents=ns.intents)).eval()
+    dss = DSS(DSSConfig(n_t, dim=64, layers=2, heads=1, max_len=50, intents=intents)).eval()
     meta = {"target": TARGET, "source": SOURCE, "n_target_items": n_t, "data": data.name, "model": "dss"}
-    graphs = [dss_graph(dss, meta), bridge]
-    domains = domains_from_data(data)
-    for kind in todo:
-        start = time.perf_counter()
-        index = IndexOptions(kind=kind, strict=False)  # type: ignore[arg-type]
-        opts = ExportOptions(index=index, parity=ParityOptions(random_sequences=64, real_sequences=64), version=kind)
-        shutil.rmtree(roots[kind], ignore_errors=True)
-        export_bundle(graphs, roots[kind], domains, opts, data.name)
-        print(f"exported the DSS {kind} bundle in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return roots
+    return dss_graph(dss, meta)
 
 
 def seed_users(redis_url: str, ns: argparse.Namespace) -> dict[str, int]:
@@ -437,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = build_bundles(ns, kinds)
     dss_roots: dict[str, Path | None] = {k: None for k in kinds}
     if ns.dss:
-        dss_roots.update(build_dss_bundles(ns, kinds))
+        dss_roots.update(build_bundles(ns, kinds, dss=True))
     redis_proc, redis_url = start_redis()
     try:
         users = seed_users(redis_url, ns)

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
@@ -23,7 +22,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from core.manifest import IndexSpec, current_bundle, read_manifest
+from core.manifest import current_bundle, read_manifest
 from core.redis_keys import emb_key, seq_key, unpack_embedding
 from core.sequence import encode_sequence
 from core.settings import RedisSettings
@@ -34,6 +33,7 @@ from service.redis_store import RedisSequenceStore
 from service.refresh import RefreshJob
 from tests.service.conftest import RedisServer, auth, make_settings
 from tests.service.fakes import FakeStore
+from tests.service.test_faiss_index import D, N, _spec
 
 K_INTENTS, DIM = 3, 16  # train_tiny_dss
 DB = 9  # a database of its own on the session's Redis
@@ -101,26 +101,9 @@ def test_dss_answers_equal_a_brute_force_max_over_intents_top_k_and_still_batch(
         _same(answer.items, ref.top_k(hist, 10))
 
 
-def _spec(kind: Any, params: dict[str, int], n: int, d: int) -> IndexSpec:
-    return IndexSpec(
-        domain="music",
-        file=f"{kind}.faiss",
-        ids_file="items.music.ids.json",
-        type=kind,
-        description=kind,
-        metric="inner_product",
-        dim=d,
-        count=n,
-        params=params,
-        recall_at_10=1.0,
-        recall_queries=0,
-        build_s=0.0,
-    )
-
-
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_search_intents_is_the_exact_best_intent_top_k_outside_the_exclusions(kind: str, tmp_path: Path) -> None:
-    n, d = 400, 8
+    n, d = N, D
     rng = np.random.default_rng(2)
     items = rng.standard_normal((n, d)).astype(np.float32)
     if kind == "flat":
@@ -132,10 +115,10 @@ def test_search_intents_is_the_exact_best_intent_top_k_outside_the_exclusions(ki
         params = {"efSearch": 4}
     index.add(items)
     faiss.write_index(index, str(tmp_path / f"{kind}.faiss"))
-    served = FaissItemIndex(tmp_path / f"{kind}.faiss", _spec(kind, params, n, d))
+    served = FaissItemIndex(tmp_path / f"{kind}.faiss", _spec(kind, params))
     for _ in range(20):
         queries = rng.standard_normal((4, d)).astype(np.float32)
-        exclude = set(rng.choice(n, size=int(rng.integers(0, 300)), replace=False).tolist())
+        exclude = set(rng.choice(n, size=int(rng.integers(0, n - 50)), replace=False).tolist())
         best = (items @ queries.T).max(axis=1)
         best[list(exclude)] = -np.inf
         want = np.argsort(-best, kind="stable")[:10]
