@@ -5,7 +5,11 @@ Examples:
         --data ../shared/data/amazon_art_office_urllm --out artifacts
     cdrec export --checkpoint runs/sasrec.music.pt --data synthetic --out artifacts --index hnsw
     cdrec export --checkpoint runs/unisrec.office.pt --data DATA --added-items redis://localhost:6379/0
+    cdrec export --checkpoint runs/dss.office.pt --data ../shared/data/amazon_art_office_urllm --out artifacts
     cdrec export verify artifacts/current
+
+A DSS checkpoint (`cdrec train dss`) exports as a K-vector user encoder, output (batch, K, D), K and the max
+score rule recorded in the manifest (export/dss.py); the service answers it with strategy `dss`.
 
 `--data` is the data the checkpoints were trained on: it gives the external item ids written into the bundle,
 the popularity fallback and the real users' histories the parity and the index recall are measured on.
