@@ -3,6 +3,7 @@
     apt-get install -y wrk        # Debian's wrk: a closed-loop load generator
     python -m bench.serve                                   # 100k-item bundle, 10k users, flat and HNSW
     python -m bench.serve --index hnsw --duration 3 --concurrency 1,8 --no-write     # a quick look
+    python -m bench.serve --index flat --only-dss           # recommend-dss against recommend-warm alone
 
 What runs: a synthetic catalogue of ``--items`` target (music) items and ``--users`` users, exported as a real
 bundle (the serving-sized towers of bench/export.py: CDSRec user encoder + inductive bridge, untrained: latency
@@ -20,6 +21,14 @@ plus the no-op route's CPU per request, on ``--workers`` cores; the warm peak is
 ``mix-10:1`` row appends one event (POST /v1/events, vector on write on) per ten recommends, against a read-only
 run on the same users just before it. Writes docs/results.json (bench "serve") and a section of docs/results.md
 unless --no-write.
+
+``--dss`` adds the row ``recommend-dss``: the same warm users served by a second service whose bundle has a DSS
+user encoder of the same dims (training/models/dss.py: dim 64, 2 layers, max_len 50, ``--intents`` K, untrained)
+in place of the CDSRec one, so it answers with multi-interest retrieval (K intent vectors, one batched FAISS
+search, merged by best score); ``× warm`` is its req/s over recommend-warm's at the same concurrency, same run.
+The per-stage profile then has a ``<index> dss`` block too (its "faiss" stage: the K-query search and merge).
+``--only-dss`` runs those two rows alone (no baselines, no half-peak) and records them under split
+``loopback-dss`` beside the other serve records (kept), in a section of their own in docs/results.md.
 """
 
 from __future__ import annotations
@@ -88,10 +97,12 @@ end
 """ + LUA[LUA.index("done = function"):]
 
 
-def build_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
-    """An artifacts root per index kind (cached): the same graphs, the same data, flat or HNSW."""
+def build_bundles(ns: argparse.Namespace, kinds: list[str], dss: bool = False) -> dict[str, Path]:
+    """An artifacts root per index kind (cached): the same graphs, the same data, flat or HNSW. ``dss``: the
+    user encoder is a DSS tower (``dss_tower``, ``ns.intents`` intents) instead of the CDSRec one."""
+    prefix = f"dss{ns.intents}-" if dss else ""
     # "-t2": the trained-size towers of bench.export (issue 16): a cache of the older, smaller towers is not reused
-    roots = {k: ns.cache / f"{k}-{ns.items}-{ns.users}-t2" for k in kinds}
+    roots = {k: ns.cache / f"{prefix}{k}-{ns.items}-{ns.users}-t2" for k in kinds}
     todo = [k for k, r in roots.items() if not (r / "current").exists()]
     if not todo:
         return roots
@@ -106,6 +117,8 @@ def build_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
     torch.set_num_threads(2)
     data = synthetic_interactions(seed=0, n_users=ns.users, n_items=(ns.source_items, ns.items), n_topics=100)
     graphs = default_graphs(data, TARGET, SOURCE, 50)
+    if dss:  # the same bridge (its own item space), a DSS user encoder
+        graphs = [dss_tower(data, ns.intents), graphs[-1]]
     domains = domains_from_data(data)
     for kind in todo:
         start = time.perf_counter()
@@ -113,8 +126,22 @@ def build_bundles(ns: argparse.Namespace, kinds: list[str]) -> dict[str, Path]:
         opts = ExportOptions(index=index, parity=ParityOptions(random_sequences=64, real_sequences=64), version=kind)
         shutil.rmtree(roots[kind], ignore_errors=True)
         export_bundle(graphs, roots[kind], domains, opts, data.name)
-        print(f"exported the {kind} bundle in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        print(f"exported the {prefix}{kind} bundle in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return roots
+
+
+def dss_tower(data: Any, intents: int) -> Any:
+    """A DSS user encoder of the demo tower's dims (dim 64, 2 layers, max_len 50, K intents), untrained."""
+    import torch
+
+    from export.dss import dss_graph
+    from training.models.dss import DSS, DSSConfig
+
+    n_t = data.n_items(TARGET)
+    torch.manual_seed(0)
+    dss = DSS(DSSConfig(n_t, dim=64, layers=2, heads=1, max_len=50, intents=intents)).eval()
+    meta = {"target": TARGET, "source": SOURCE, "n_target_items": n_t, "data": data.name, "model": "dss"}
+    return dss_graph(dss, meta)
 
 
 def seed_users(redis_url: str, ns: argparse.Namespace) -> dict[str, int]:
@@ -229,6 +256,15 @@ def service_cmd(ns: argparse.Namespace, root: Path, port: int, redis_url: str) -
             "--redis-url", redis_url, "--log-level", "warning"]  # fmt: skip
 
 
+def check_strategy(url: str, want: str) -> None:
+    """One warm user's answer must come from the path under test (not a fallback)."""
+    import httpx
+
+    body = httpx.post(f"{url}/v1/recommend", json={"user_id": "w0", "domain": TARGET, "k": 10}, timeout=30).json()
+    if body.get("strategy") != want or body.get("degraded"):
+        raise SystemExit(f"{url}: a warm user got strategy {body.get('strategy')!r} (degraded {body.get('degraded')})")
+
+
 def fallbacks(url: str) -> int:
     """Degraded answers a service gave so far (its /metrics, summed over workers and reasons)."""
     import httpx
@@ -238,7 +274,7 @@ def fallbacks(url: str) -> int:
 
 
 def measure(
-    ns: argparse.Namespace, kind: str, root: Path, redis_url: str, users: dict[str, int]
+    ns: argparse.Namespace, kind: str, root: Path, redis_url: str, users: dict[str, int], dss_root: Path | None = None
 ) -> list[dict[str, Any]]:
     """Start the servers, then run every target at every concurrency, interleaved in ``ns.rounds`` rounds (a
     load spike from the box's other jobs then hits every target alike); a row keeps each figure's median."""
@@ -260,7 +296,14 @@ def measure(
         "recommend-warm": (s_url, "POST", "/v1/recommend", "w", users["w"]),
         "recommend-cold": (s_url, "POST", "/v1/recommend", "c", users["c"]),
     }
-    if ns.compare_inline:  # the same service with ORT + FAISS called on the event loop (executor_threads 0)
+    if dss_root is not None:  # the same users, served by the DSS bundle: multi-interest retrieval
+        dss_port = free_port()
+        procs.append(start_server(service_cmd(ns, dss_root, dss_port, redis_url), dss_port, "/readyz", env))
+        targets["recommend-dss"] = (f"http://127.0.0.1:{dss_port}", *targets["recommend-warm"][1:])
+        check_strategy(targets["recommend-dss"][0], "dss")
+    if ns.only_dss:
+        targets = {t: targets[t] for t in ("recommend-warm", "recommend-dss")}
+    if ns.compare_inline and not ns.only_dss:  # the same service, ORT + FAISS on the event loop (executor_threads 0)
         inline_env = {**env, "CDREC_SERVICE__EXECUTOR_THREADS": "0"}
         procs.append(start_server(service_cmd(ns, root, inline_port, redis_url), inline_port, "/readyz", inline_env))
         targets["recommend-warm-inline"] = (f"http://127.0.0.1:{inline_port}", *targets["recommend-warm"][1:])
@@ -285,6 +328,8 @@ def measure(
                 line = f"{kind:5} {name:22} c={conns:<3} {r['req/s']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
                 line += f"p99 {r['p99_ms']:6.2f} ms  degraded {r['degraded']:.1%}  errors {r['errors']}"
                 print(line, file=sys.stderr)
+        if ns.only_dss:
+            return rows
         peak = max(r["req/s"] for r in rows if r["target"] == "recommend-warm")
         conns = max(ns.concurrency)
         delay_ms = conns * 1e3 / (peak / 2)  # mean gap per connection so that c connections offer half the peak
@@ -329,8 +374,8 @@ def floor_row(kind: str, rows: list[dict[str, Any]], mins: dict[str, float], wor
 
 
 def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str, dict[str, float]]) -> str:
-    head = "| index | target | c | req/s | p50 ms | p99 ms | × no-op | × naive | degraded | errors |"
-    lines = [head, "|" + "---|" * 10]
+    head = "| index | target | c | req/s | p50 ms | p99 ms | × no-op | × naive | × warm | degraded | errors |"
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         same = {x["target"]: x for x in rows if x["index"] == r["index"] and x["c"] == r["c"]}
         noop, naive = same.get("noop"), same.get("naive")
@@ -339,10 +384,12 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
         r["ratio_vs_noop"] = r["req/s"] / noop["req/s"] if noop and r["target"] != "noop" and not paced else None
         served = r["target"].startswith("recommend") and not paced
         r["ratio_vs_naive"] = r["req/s"] / naive["req/s"] if naive and served else None
+        warm = same.get("recommend-warm")  # multi-interest retrieval against the single-vector path, same run
+        r["ratio_vs_warm"] = r["req/s"] / warm["req/s"] if warm and r["target"] == "recommend-dss" else None
         lines.append(
             f"| {r['index']} | {r['target']} | {r['c'] or ''} | {r['req/s']:.0f} | {r['p50_ms']:.2f} | "
             f"{'' if r['p99_ms'] != r['p99_ms'] else format(r['p99_ms'], '.2f')} | {_fmt(r['ratio_vs_noop'])} | "
-            f"{_fmt(r['ratio_vs_naive'])} | "
+            f"{_fmt(r['ratio_vs_naive'])} | {_fmt(r['ratio_vs_warm'])} | "
             f"{r.get('degraded', 0):.1%} | {r['errors']} |"
         )
     prof = ["| index | stage | p50 µs | share of the stages |", "|---|---|---|---|"]
@@ -354,7 +401,8 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
     load = os.getloadavg()
     return "\n".join(
         [
-            f"## Serve: {ns.items // 1000}k items, {ns.users // 1000}k users, {ns.workers} workers, wrk -t1, "
+            f"## Serve{' multi-interest (DSS) vs single-vector' if ns.only_dss else ''}: {ns.items // 1000}k items, "
+            f"{ns.users // 1000}k users, {ns.workers} workers, wrk -t1, "
             f"{ns.duration:g} s per target and concurrency in {ns.rounds} interleaved rounds (medians)",
             "",
             "```",
@@ -366,15 +414,18 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
             "tuned naive pipeline's at the same concurrency and index; `half-peak`: wrk paced to half the service's "
             "peak warm rate (its `delay` hook, an approximation of open-loop load); `degraded`: the largest share "
             f"of a round's answers that fell back to popularity (Redis timeout {ns.redis_timeout * 1e3:g} ms); "
-            "`inline`: the same service with ORT + FAISS called on the event loop (executor_threads 0).",
+            "`inline`: the same service with ORT + FAISS called on the event loop (executor_threads 0). "
+            f"`recommend-dss`: the warm users served by a bundle whose user encoder is DSS ({ns.intents} intent "
+            "vectors, dim 64, one batched FAISS search merged by best score); `× warm`: its req/s over "
+            "recommend-warm's (the CDSRec single-vector path) at the same concurrency.",
             "",
             *lines,
-            "",
-            *shares(rows),
-            "",
-            "Where one warm request's time goes, in process on one thread (medians):",
-            "",
-            *prof,
+            *(shares(rows) if any(r["target"] == "floor" for r in rows) else []),
+            *(
+                ["", "Where one warm request's time goes, in process on one thread (medians):", "", *prof]
+                if profile
+                else []
+            ),
         ]
     )
 
@@ -401,19 +452,30 @@ def shares(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+DSS_SPLIT = "loopback-dss"  # the records of an --only-dss run
+
+
+def _serve_records() -> list[dict[str, Any]]:
+    from bench.results import DOCS
+
+    path = DOCS / "results.json"
+    old: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
+    return [r for r in old if r.get("bench") == BENCH]
+
+
 def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.2f}"
 
 
-def records(rows: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
+def records(rows: list[dict[str, Any]], dataset: str, split: str = "loopback") -> list[dict[str, Any]]:
     out = []
     for r in rows:
         model = f"{r['target']}:{r['index']}"
         task = f"target={TARGET}@c={r['c']}"
         for metric in ("req/s", "p50_ms", "p99_ms", "ratio_vs_noop", "ratio_vs_naive", "share_of_floor",
-                       "ratio_vs_read_only"):
+                       "ratio_vs_read_only", "ratio_vs_warm"):
             if r.get(metric) is not None and r[metric] == r[metric]:  # the floor row has no p99 (NaN)
-                out.append(record(BENCH, dataset, task, model, metric, [r[metric]], split="loopback"))
+                out.append(record(BENCH, dataset, task, model, metric, [r[metric]], split=split))
     return out
 
 
@@ -431,22 +493,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=ROOT / ".cdrec" / "bench-serve", help="exported bundles")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    p.add_argument("--dss", action="store_true", help="add the recommend-dss row (a DSS bundle, same users)")
+    p.add_argument("--only-dss", action="store_true", help="only recommend-warm and recommend-dss (implies --dss)")
+    p.add_argument("--intents", type=int, default=4, help="K of the DSS tower (--dss)")
     ns = p.parse_args(argv)
     ns.argv = list(sys.argv[1:] if argv is None else argv)
     ns.concurrency = [int(c) for c in ns.concurrency.split(",")]
     ns.load_before = os.getloadavg()[0]
+    ns.dss = ns.dss or ns.only_dss
     if shutil.which("wrk") is None:
         print("bench.serve: wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
     kinds = [k.strip() for k in ns.index.split(",")]
     roots = build_bundles(ns, kinds)
+    dss_roots: dict[str, Path | None] = {k: None for k in kinds}
+    if ns.dss:
+        dss_roots.update(build_bundles(ns, kinds, dss=True))
     redis_proc, redis_url = start_redis()
     try:
         users = seed_users(redis_url, ns)
         both = {k: profile_stages(roots[k], redis_url, users["w"]) for k in kinds}
         profile = {k: medians for k, (medians, _) in both.items()}
-        rows = [row for k in kinds for row in measure(ns, k, roots[k], redis_url, users)]
-        rows += [floor_row(k, rows, both[k][1], ns.workers) for k in kinds]
+        for k, dss_root in dss_roots.items():  # the same stages with K intent vectors: encoder and search apart
+            if dss_root is not None:
+                profile[f"{k} dss"] = profile_stages(dss_root, redis_url, users["w"])[0]
+        rows = [row for k in kinds for row in measure(ns, k, roots[k], redis_url, users, dss_roots[k])]
+        if not ns.only_dss:
+            rows += [floor_row(k, rows, both[k][1], ns.workers) for k in kinds]
     finally:
         redis_proc.kill()
         redis_proc.wait()
@@ -454,8 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not ns.no_write:
         dataset = f"synthetic({ns.items} items, {ns.users} users)"
-        update_json(BENCH, records(rows, dataset))
-        update_markdown(BENCH, text)
+        if ns.only_dss:  # a partial run: the full run's serve records stay, this run's replace its own
+            kept = [r for r in _serve_records() if r.get("split") != DSS_SPLIT]
+            update_json(BENCH, kept + records(rows, dataset, DSS_SPLIT))
+            update_markdown(f"{BENCH}-dss", text)
+        else:
+            update_json(BENCH, [r for r in _serve_records() if r.get("split") == DSS_SPLIT] + records(rows, dataset))
+            update_markdown(BENCH, text)
     return 0
 
 

@@ -84,6 +84,10 @@ class GraphSpec(_Strict):
     index: str  # key into Manifest.indexes: the item vectors this graph's output is scored against
     opset: int = Field(ge=17)
     parity: ParityReport
+    # a K-vector user encoder (DSS): the output is (batch, intents, dim), one query per intent, and an item
+    # scores its best over them (intent_score "max"). None (bundles before it, every other graph): one vector.
+    intents: int | None = Field(default=None, ge=1)
+    intent_score: Literal["max"] | None = None
 
 
 class TextParityReport(_Strict):
@@ -189,6 +193,19 @@ class Manifest(_Strict):
                 problems.append(f"graph {g.name} outputs dim {g.dim}; index {g.index!r} has dim {idx.dim}")
             elif idx.domain != g.target_domain:
                 problems.append(f"graph {g.name} targets {g.target_domain}; index {g.index!r}: {idx.domain}")
+            if g.intents is not None and (
+                g.kind != "user_encoder"
+                or g.intent_score != "max"
+                or [len(o.shape) for o in g.outputs] != [3]
+                or g.outputs[0].shape[1:] != [g.intents, g.dim]
+            ):
+                shapes = [o.shape for o in g.outputs]
+                problems.append(
+                    f"graph {g.name} declares {g.intents} intents (score {g.intent_score}) but is a {g.kind} with "
+                    f"outputs {shapes}: a K-vector user encoder outputs one (batch, {g.intents}, {g.dim}), max score"
+                )
+            elif g.intents is None and g.intent_score is not None:
+                problems.append(f"graph {g.name} has an intent_score but no intents")
             for t in g.inputs:
                 if t.domain is not None and t.domain not in self.domains:
                     problems.append(f"graph {g.name} input {t.name} reads unknown domain {t.domain!r}")

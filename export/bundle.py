@@ -348,7 +348,8 @@ def _build(
         inputs[g.name] = rand if real is None else concat(rand, real)
         if real is not None:
             feeds = {"source_seq": real.source} | ({} if real.target is None else {"target_seq": real.target})
-            queries[index_of[g.name]].append(run_torch(g, feeds))
+            vecs = run_torch(g, feeds)  # (N, D), or (N, K, D) for a K-vector encoder: each intent is a query
+            queries[index_of[g.name]].append(vecs.reshape(-1, vecs.shape[-1]))
 
     built: dict[str, BuiltIndex] = {}
     index_specs: dict[str, IndexSpec] = {}
@@ -406,6 +407,8 @@ def _build(
                 index=index_of[g.name],
                 opset=opts.opset,
                 parity=report,
+                intents=g.intents,
+                intent_score="max" if g.intents else None,
             )
         )
     # text models: the text item graph (text -> item vector) and its tokenizer, with their own parity

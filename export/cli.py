@@ -5,7 +5,11 @@ Examples:
         --out artifacts
     cdrec export --checkpoint runs/sasrec.music.pt --data synthetic --out artifacts --index hnsw
     cdrec export --checkpoint runs/unisrec.office.pt --data DATA --added-items redis://localhost:6379/0
+    cdrec export --checkpoint runs/dss.office.pt --out artifacts
     cdrec export verify artifacts/current
+
+A DSS checkpoint (`cdrec train dss`) exports as a K-vector user encoder, output (batch, K, D), K and the max
+score rule recorded in the manifest (export/dss.py); the service answers it with strategy `dss`.
 
 A checkpoint (cdrec-checkpoint/2) carries the external item ids of every domain it reads, their interaction counts
 (the popularity fallback) and a sample of real users' histories (the parity and the index recall inputs), so

@@ -66,7 +66,7 @@ def export_onnx(graph: Graph, path: Path, opset: int = 17) -> None:
         dim = trace_to_onnx(module, args, path, opset, names, axes)
     model = onnx.load(str(path))
     _restore_inputs(model, names)
-    pin_output(model, dim)
+    pin_output(model, dim, graph.intents)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
@@ -104,11 +104,14 @@ def trace_to_onnx(
     return dim
 
 
-def pin_output(model: onnx.ModelProto, dim: int) -> None:
-    """Declare the output (batch, D) with D concrete: after a concat the tracer leaves it symbolic."""
+def pin_output(model: onnx.ModelProto, dim: int, intents: int | None = None) -> None:
+    """Declare the output (batch, D) with D concrete: after a concat the tracer leaves it symbolic; a K-vector
+    user encoder (DSS) declares (batch, K, D)."""
     out = model.graph.output[0].type.tensor_type.shape
     del out.dim[:]
     out.dim.add().dim_param = "batch"
+    if intents is not None:
+        out.dim.add().dim_value = intents
     out.dim.add().dim_value = dim
 
 

@@ -20,6 +20,7 @@ import torch
 
 from core.manifest import ParityReport
 from core.sequence import encode_batch
+from export.dss import merged_top_k
 from export.index import overlap_at_k, top_k
 from export.towers import Graph
 
@@ -136,7 +137,9 @@ def check_parity(
         feeds = _feeds(graph, zeros, lengths, slice(0, 1))
         pad_finite &= bool(np.isfinite(run_torch(graph, feeds)).all() and np.isfinite(run_ort(sess, feeds)).all())
     if torch_vecs:
-        overlap = overlap_at_k(top_k(index, np.concatenate(torch_vecs)), top_k(index, np.concatenate(ort_vecs)))
+        # K intent vectors per user (DSS): each user's top 10 by its best intent, so every vector counts
+        rank = merged_top_k if torch_vecs[0].ndim == 3 else top_k
+        overlap = overlap_at_k(rank(index, np.concatenate(torch_vecs)), rank(index, np.concatenate(ort_vecs)))
     else:
         overlap = np.zeros(1)
     mean_overlap, min_overlap = float(overlap.mean()), float(overlap.min())

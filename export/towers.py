@@ -105,6 +105,7 @@ class Graph:
     checkpoint_sha256: str | None = None
     data: str | None = None  # the data the checkpoint was trained on, as its meta names it
     text_model: str | None = None  # a text model (TextSeqTower): the sentence model its text tower reads
+    intents: int | None = None  # a K-vector user encoder (DSS, export/dss.py): output (B, K, D), max over K
 
     @property
     def name(self) -> str:
@@ -240,6 +241,10 @@ def bridge_graph(
 
 def load_tower(path: Path, target: str | None = None, source: str | None = None) -> Graph:
     model, meta = _load(path)
+    from export import dss  # DSS is its own case (K intent vectors): export/dss.py
+
+    if dss.is_dss(model):
+        return dss.dss_graph(model, meta, path, target, source)
     return tower_graph(model, meta, path, target, source)
 
 

@@ -110,6 +110,7 @@ class Graph:
     inputs: list[GraphInput]
     index: str
     encoder: Encoder
+    intents: int | None = None  # a K-vector user encoder (DSS): (B, K, D) out, searched as K queries (max)
 
     def read_domains(self) -> list[str]:
         return [i.domain for i in self.inputs if i.domain is not None]
@@ -181,7 +182,9 @@ def _graph(spec: GraphSpec, encoder: Encoder, problems: list[str]) -> Graph:
         problems.append(f"{spec.file}: a user encoder that reads no {spec.target_domain} sequence")
     if spec.kind == "bridge" and not any(i.domain == spec.source_domain for i in inputs):
         problems.append(f"{spec.file}: a bridge that reads no {spec.source_domain} sequence")
-    return Graph(spec.name, spec.kind, spec.target_domain, spec.source_domain, inputs, spec.index, encoder)
+    return Graph(
+        spec.name, spec.kind, spec.target_domain, spec.source_domain, inputs, spec.index, encoder, spec.intents
+    )
 
 
 def assemble(

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 
 from core.manifest import IndexSpec
 from service.ports import FloatArray
@@ -90,6 +91,8 @@ class FaissItemIndex:
         return vec
 
     def search(self, query: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
+        if query.ndim == 2:  # K intent vectors (a DSS user encoder's (K, D) row): one batched search, merged
+            return self.search_intents(query, k, exclude)
         n = self._count
         want = min(k, n - len(exclude))  # exclude holds rows of this index (the Recommender's catalogue rows)
         if want <= 0:
@@ -124,6 +127,46 @@ class FaissItemIndex:
         if self.exclusion == "selector":
             return True
         return depth > (self._ef if self.type == "hnsw" else DEEPER_MAX)
+
+    def search_intents(self, queries: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
+        """Multi-interest retrieval: the ``k`` rows outside ``exclude`` with the highest best score over the K
+        intent vectors ``queries`` (K, D), best first, each with that best score.
+
+        ONE FAISS search of the K queries, each ``k + |exclude|`` deep (no further over-fetch is needed for an
+        exact index: a row in the true top k, where it scores best with intent j, is in j's list, since every row
+        above it there also scores at least as high overall and at most |exclude| of those are excluded). The
+        union of the K lists is de-duplicated and every candidate re-scored exactly against all K intents from
+        the stored vectors (K * |candidates| dot products), so an item found through one intent still gets its
+        best score. An approximate index that comes back short is finished by exact scores, as ``search``."""
+        n = self._count
+        want = min(k, n - len(exclude))
+        if want <= 0:
+            return [], []
+        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(queries.shape[0], -1)  # (K, D)
+        depth = min(n, k + len(exclude))
+        if self.type == "hnsw" and depth > self._ef:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss' stubs
+            params.efSearch = depth
+            _, ids = self._index.search(q, depth, params=params)
+        else:
+            _, ids = self._index.search(q, depth)  # (K, depth)
+        found = np.unique(ids[ids >= 0])
+        if exclude:
+            found = found[~np.isin(found, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]
+        if len(found) < want:  # an approximate index came back short: exact best scores over every row
+            return self._ranked_best(np.arange(n), q, want, exclude)
+        return self._ranked_best(found, q, want, frozenset())
+
+    def _ranked_best(
+        self, rows: npt.NDArray[np.int64], q: FloatArray, k: int, exclude: Set[int]
+    ) -> tuple[list[int], list[float]]:
+        """The ``k`` of ``rows`` (outside ``exclude``) with the highest max over intents ``q`` (K, D)."""
+        best = (self._vectors[rows] @ q.T).max(axis=1)  # (R,): each row's best intent score
+        if exclude:
+            best[np.isin(rows, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))] = -np.inf
+        top = np.argpartition(-best, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+        top = top[np.lexsort((rows[top], -best[top]))]  # best first; ties by row (deterministic)
+        return rows[top].tolist(), best[top].tolist()
 
     def _search_selected(self, q: FloatArray, k: int, exclude: Set[int]) -> tuple[FloatArray, Any]:
         """One approximate search that skips ``exclude`` inside FAISS; the index's own parameters untouched."""

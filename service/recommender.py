@@ -23,6 +23,11 @@ the user's next read takes the cached path. The ack waits for that at most ``wri
 stored either way); past it the work finishes in the background. A vector that lost a race with a newer
 append carries the older fingerprint and is never served; when the write path is slow, failing or off, reads
 encode live as before.
+
+Multi-interest retrieval: a K-vector user encoder (a DSS bundle, ``Graph.intents``) gives (K, D) per user;
+the index searches the K queries in one batched FAISS call and merges them by each item's best score
+(service.faiss_index ``search_intents``), with the same exclusions, and the answer's strategy is ``dss``. The
+refresh job caches such a user's K * D floats, read back here as K queries (``_intent_rows``).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from service.schemas import CONTROL
 log = logging.getLogger("cdrec.service")
 
 
-Strategy = Literal["gur", "bridge", "popular", "similar"]
+Strategy = Literal["gur", "dss", "bridge", "popular", "similar"]
 # vector-on-write batches still running past their ack beyond which new ones are shed (memory stays bounded
 # when writes outpace the encoder; a shed user's next read encodes live)
 MAX_PENDING_VECTOR_WRITES = 256
@@ -154,7 +159,7 @@ class Recommender:
             vector = _fresh_vector(cached, b.version, encoder, seqs)
             if vector is not None:
                 return await self._cached(b, encoder, vector, k, excluded)
-            return await self._model(b, encoder, seqs, k, excluded, "gur")
+            return await self._model(b, encoder, seqs, k, excluded, _encoder_strategy(encoder))
         bridge = _best_bridge(bridges, seqs, b.catalogues)
         if bridge is not None:
             return await self._model(b, bridge, seqs, k, excluded, "bridge")
@@ -383,7 +388,7 @@ class Recommender:
             log.exception("search on a cached vector failed; answering popularity")
             return self._popular(b, cat, k, excluded, degraded=True, fallback=f"model_error:{type(exc).__name__}")
         items = [(cat.ids[r], s) for r, s in zip(rows, scores, strict=True)]
-        return Recommendation(items, "gur", b.version, cached=True)
+        return Recommendation(items, _encoder_strategy(encoder), b.version, cached=True)
 
     def _popular(
         self,
@@ -420,7 +425,22 @@ def _fresh_vector(
         return None
     if cached[1] != sequence_fingerprint(seqs, encoder.read_domains()):
         return None
-    return cached[2]
+    return _intent_rows(cached[2], encoder)
+
+
+def _encoder_strategy(encoder: Graph) -> Strategy:
+    """A K-vector user encoder (DSS) answers ``dss`` (multi-interest retrieval); a one-vector one ``gur``."""
+    return "gur" if encoder.intents is None else "dss"
+
+
+def _intent_rows(vector: FloatArray, encoder: Graph) -> FloatArray | None:
+    """The refresh job stores a K-vector encoder's K * D floats flat (pack_embedding of its (K, D) row): back to
+    (K, D), so the cached path searches the K queries as the live one does (None when the length disagrees)."""
+    if encoder.intents is None:
+        return vector
+    if vector.size % encoder.intents:
+        return None
+    return vector.reshape(encoder.intents, -1)
 
 
 def _similar(index: ItemIndex, row: int, k: int) -> Ranked:

@@ -95,7 +95,11 @@ class RecommendResponse(BaseModel):
     user_id: str
     domain: str
     items: list[ScoredItem]
-    strategy: Literal["gur", "bridge", "popular"]
+    strategy: Literal["gur", "dss", "bridge", "popular"] = Field(
+        description="gur: the user encoder's one vector; dss: multi-interest retrieval (a DSS encoder's K intent "
+        "vectors, one batched search, items ranked by their best intent); bridge: cold start from the source "
+        "domain; popular: the popularity fallback"
+    )
     model_version: str
     degraded: bool = False
     cached: bool = Field(False, description="the user vector came from the refresh job's cache")

@@ -184,3 +184,23 @@ def client(service_artifacts: Path, redis_server: RedisServer) -> Iterator[TestC
 
 def auth() -> dict[str, str]:
     return {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="session")
+def dss_artifacts(service_data: Interactions, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifacts root with bundle ``dss-v1`` published: a DSS K-vector user encoder for music (K = 3, one
+    epoch, dims 16: tests/export/conftest.py ``train_tiny_dss``) and the book -> music bridge into its item
+    space. Treat as read-only: copy to change."""
+    import torch
+
+    from export.bundle import domains_from_data, export_bundle
+    from export.towers import load_tower
+    from tests.export.conftest import fast_options, make_bridge, train_tiny_dss
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("dss-artifacts")
+    tower = load_tower(train_tiny_dss(service_data, tmp_path_factory.mktemp("dss-runs") / "dss.music.pt"))
+    bridge = make_bridge(service_data, tower)
+    opts = fast_options(version="dss-v1")
+    export_bundle([tower, bridge], out, domains_from_data(service_data), opts, service_data.name)
+    return out

@@ -160,3 +160,13 @@ def test_item_loss_is_the_softmax_over_the_intent_scores(score: str) -> None:
     sampled = item_loss(phi.requires_grad_(), pi, labels, items, score, negatives=4)
     sampled.backward()
     assert torch.isfinite(sampled) and phi.grad is not None and torch.isfinite(phi.grad).all()
+
+
+@pytest.mark.parametrize("assign", ["item", "state"])
+def test_the_serving_forward_equals_the_newest_column_of_every_prefixs_intents(assign: str) -> None:
+    model = _model(assign=assign)
+    seq = torch.as_tensor(encode_batch([[3, 7, 1, 9, 4], [2], [], list(range(1, 16))], 12))
+    with torch.no_grad():
+        phi, _ = model.intents_all(seq)
+        torch.testing.assert_close(model(seq), phi[:, -1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(seq[:, -3:]), model.intents_all(seq[:, -3:])[0][:, -1], atol=1e-5, rtol=1e-5)

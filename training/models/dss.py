@@ -107,6 +107,22 @@ class IntentLayer(nn.Module):
         phi = self.ln(torch.einsum("btik,bid->btkd", mass, z))  # (B, T, K, D)
         return phi, mass.sum(dim=2)  # presence pi (B, T, K), sums to 1 over k
 
+    def last(self, z: torch.Tensor, pad: torch.Tensor, route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` at the newest column only: the whole history's intents (B, K, D) and presence (B, K).
+        Serving needs no other prefix, and this costs (B, T, K, D) instead of (B, T, T, K, D)."""
+        T = z.shape[1]
+        assign = torch.softmax(
+            F.normalize(route, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau, dim=-1
+        )  # (B, T, K): p(k|i)
+        dist = (T - 1) - torch.arange(T, device=z.device)  # (T,): the newest column minus key i
+        query = (z[:, -1] + self.query_bias)[:, None, :]  # (B, 1, D)
+        logits = (query @ self.key(z).transpose(1, 2))[:, 0] * self.scale  # (B, T)
+        logits = logits + self.recency(dist.clamp(0, self.max_len - 1))[..., 0][None]
+        allowed = ~pad | (dist == 0)[None]  # (B, T): real keys; the newest column always weighs itself
+        weight = torch.softmax(logits.masked_fill(~allowed, -1e9), dim=-1)  # (B, T): p_T(i)
+        mass = weight[..., None] * assign  # (B, T, K)
+        return self.ln(torch.einsum("bik,bid->bkd", mass, z)), mass.sum(dim=1)  # (B, K, D), (B, K)
+
 
 class DSS(nn.Module):
     def __init__(self, cfg: DSSConfig) -> None:
@@ -133,8 +149,12 @@ class DSS(nn.Module):
         return phi[:, -1], pi[:, -1]
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """Serving tower: (B, T) item ids -> (B, K, D) intent vectors."""
-        return self.intents(seq)[0]
+        """Serving tower: (B, T) item ids -> (B, K, D) intent vectors (``intents``' first output, computed at the
+        newest column alone: ``IntentLayer.last``)."""
+        pad = seq == 0
+        e = self.item_emb(seq)  # (B, T, D)
+        z = self.encoder(e * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
+        return self.intent.last(z, pad, e if self.cfg.assign == "item" else z)[0]
 
     def item_vectors(self) -> torch.Tensor:
         """(n_items + 1, D) item vectors; row 0 is padding."""

@@ -1,0 +1,92 @@
+"""DSS (training/models/dss.py) as a user encoder: its own export case, beside ``towers.tower_graph``.
+
+A DSS user is K intent vectors. With the model's default score, ``max`` over intents (``intent_scores``), the
+exported graph is a **K-vector user encoder**: ``(target_seq (B, T), source_seq (B, S)) -> (B, K, D)``, the
+source sequence unused (DSS reads the target history only), and the manifest records ``intents = K`` and
+``intent_score = "max"``; the service then searches the K queries in one batched FAISS call and merges them
+by their best score (service.faiss_index ``search_intents``). With ``score="weighted"`` an item's score is
+``sum_k pi_k <phi_k, e>`` = ``<sum_k pi_k phi_k, e>``: one vector, so that model is exported as an ordinary
+single-vector user encoder (``WeightedDSSTower``) and the manifest records no intents.
+
+``merged_top_k`` is the export side's max-over-intents top-k (parity's top-10 overlap of torch vs onnxruntime
+over all K vectors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+
+from export.towers import ExportError, Graph, tower_graph
+from training.models.dss import DSS
+
+
+class DSSTower(nn.Module):
+    """DSS with the user-encoder signature: ``(target_seq (B, T), source_seq) -> (B, K, D)`` intent vectors."""
+
+    def __init__(self, model: DSS) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = model.cfg  # tower_graph reads max_len and n_items from it
+
+    def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(target_seq)  # (B, T) -> (B, K, D); source_seq is unused
+        return out
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.model.item_vectors()
+
+
+class WeightedDSSTower(DSSTower):
+    """``score="weighted"`` DSS: the presence-weighted sum of the intents, ONE vector (B, D) (module docstring)."""
+
+    def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
+        phi, pi = self.model.intents(target_seq)  # (B, K, D), (B, K)
+        return (pi[..., None] * phi).sum(dim=1)  # (B, D)
+
+
+def is_dss(model: nn.Module) -> bool:
+    return isinstance(model, DSS)
+
+
+def dss_graph(
+    model: nn.Module,
+    meta: dict[str, Any],
+    path: Path | None = None,
+    target: str | None = None,
+    source: str | None = None,
+) -> Graph:
+    """A loaded DSS as a user-encoder ``Graph``: K vectors (``intents`` = K) under the max score, one vector under
+    the weighted score."""
+    if not isinstance(model, DSS):
+        raise ExportError(f"{path or '<model>'}: {type(model).__name__} is not a DSS model")
+    if model.cfg.score == "weighted":
+        return tower_graph(WeightedDSSTower(model).eval(), meta, path, target, source)
+    graph = tower_graph(DSSTower(model).eval(), meta, path, target, source)
+    return dataclasses.replace(graph, intents=model.cfg.intents)
+
+
+def merged_top_k(index: faiss.Index, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    """(N, K, D) intent vectors -> (N, k) rows ranked by their best score over the K intents (max), through
+    ``index``: one search of the N*K queries, then per user the union of its K lists, each row at its best.
+    Exact on an exact index: a row in the true top k by best score is in the top k of the intent it scores
+    best with (any row above it there is above it overall)."""
+    n, n_int, dim = queries.shape
+    k = min(k, index.ntotal)
+    scores, ids = index.search(np.ascontiguousarray(queries.reshape(n * n_int, dim), dtype=np.float32), k)
+    scores, ids = scores.reshape(n, n_int * k), ids.reshape(n, n_int * k)
+    out = np.full((n, k), -1, dtype=np.int64)
+    for u in range(n):
+        best: dict[int, float] = {}
+        for row, score in zip(ids[u].tolist(), scores[u].tolist(), strict=True):
+            if row >= 0 and score > best.get(row, -np.inf):
+                best[row] = score
+        ranked = sorted(best, key=lambda r: (-best[r], r))[:k]
+        out[u, : len(ranked)] = ranked
+    return out
