@@ -166,3 +166,26 @@ def test_vector_writes_beyond_the_pending_bound_are_shed_and_the_events_still_st
     asyncio.run(scenario())
     assert r.get(emb_key(first, "music")) is not None and r.get(emb_key(second, "music")) is None
     assert r.lrange(seq_key(second, "music"), 0, -1) == [b"m3"]
+
+
+def test_a_dss_users_k_vectors_are_stored_on_write_and_the_cached_answer_is_the_live_one(
+    dss_artifacts: Path, redis_server: RedisServer
+) -> None:
+    """Vector on write with a K-vector (DSS) encoder: all K * D floats are cached, read back as K queries."""
+    user, r = _user(), _raw(redis_server)
+    on = make_settings(dss_artifacts, redis_server.url, encode_on_write_wait_s=WAIT_S)
+    off = make_settings(dss_artifacts, redis_server.url, encode_on_write=False)
+    read = {"user_id": user, "domain": "music", "k": 6}
+    intents = load_bundle(dss_artifacts / "current").encoders["music"].intents
+    assert intents is not None and intents > 1
+    with TestClient(create_app(on)) as c:
+        assert c.post("/v1/events", json=_events(user, ["m2", "m5", "m7"]), headers=auth()).status_code == 200
+        cached = unpack_embedding(r.get(emb_key(user, "music")))
+        assert cached is not None and cached[2].size % intents == 0 and cached[2].size > intents
+        hot = c.post("/v1/recommend", json=read).json()
+    assert hot["cached"] is True and hot["strategy"] == "dss"
+    r.delete(emb_key(user, "music"))
+    with TestClient(create_app(off)) as c:
+        live = c.post("/v1/recommend", json=read).json()
+    assert live["cached"] is False and live["strategy"] == "dss"
+    assert [i["item_id"] for i in hot["items"]] == [i["item_id"] for i in live["items"]]
