@@ -43,6 +43,7 @@ def runs(data_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["sasrec.music.pt"], [], {"user_encoder.music"}),
         (["gur.music.pt"], [], {"user_encoder.music"}),
         (["cdsrec.music.pt"], ["bridge.book__music.pt"], {"user_encoder.music", "bridge.book__music"}),
+        (["dss.music.pt"], ["bridge.book__music.pt"], {"user_encoder.music", "bridge.book__music"}),  # K vectors
     ],
 )
 def test_export_needs_no_data_and_verify_accepts_the_bundle(
