@@ -101,13 +101,7 @@ class FaissItemIndex:
         if exclude and self._selects(k + len(exclude)):
             scores, ids = self._search_selected(q, k, exclude)
         else:
-            depth = min(n, k + len(exclude))
-            if self.type == "hnsw" and depth > self._ef:
-                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss' stubs
-                params.efSearch = depth
-                scores, ids = self._index.search(q, depth, params=params)
-            else:
-                scores, ids = self._index.search(q, depth)
+            scores, ids = self._search_deep(q, min(n, k + len(exclude)))
         rows: list[int] = []
         out: list[float] = []
         for row, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
@@ -119,6 +113,15 @@ class FaissItemIndex:
         if len(rows) < want:  # an approximate index came back short: exact scores finish the job
             return self._exact(q[0], want, exclude)
         return rows, out
+
+    def _search_deep(self, q: FloatArray, depth: int) -> tuple[FloatArray, Any]:
+        """``depth`` rows per query of ``q``; HNSW's efSearch raised to ``depth`` for this call when it is lower
+        (the index's own parameters untouched)."""
+        if self.type == "hnsw" and depth > self._ef:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss' stubs
+            params.efSearch = depth
+            return self._index.search(q, depth, params=params)
+        return self._index.search(q, depth)
 
     def _selects(self, depth: int) -> bool:
         """Whether excluding with FAISS' selector beats post-filtering a search ``depth`` rows deep."""
@@ -143,13 +146,7 @@ class FaissItemIndex:
         if want <= 0:
             return [], []
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(queries.shape[0], -1)  # (K, D)
-        depth = min(n, k + len(exclude))
-        if self.type == "hnsw" and depth > self._ef:
-            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss' stubs
-            params.efSearch = depth
-            _, ids = self._index.search(q, depth, params=params)
-        else:
-            _, ids = self._index.search(q, depth)  # (K, depth)
+        _, ids = self._search_deep(q, min(n, k + len(exclude)))  # (K, depth)
         found = np.unique(ids[ids >= 0])
         if exclude:
             found = found[~np.isin(found, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]

@@ -237,7 +237,7 @@ class Recommender:
             self._failed(exc)
             raise
         self.health.success()
-        if self.encode_on_write:
+        if self.encode_on_write and done.appended:  # only duplicates: the lists (and their vectors) are unchanged
             await self._encode_written(b, grouped)
         return done
 

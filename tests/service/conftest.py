@@ -90,6 +90,15 @@ class RedisServer:
         return redis.Redis(port=self.port, decode_responses=True)
 
 
+def fresh_db(server: RedisServer, db: int) -> Iterator[redis.Redis]:
+    """A bytes client on database ``db`` of the session's Redis, emptied before and after (a module's own db)."""
+    client = redis.Redis(port=server.port, db=db)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()

@@ -31,7 +31,7 @@ from service.faiss_index import FaissItemIndex
 from service.recommender import Recommendation, Recommender
 from service.redis_store import RedisSequenceStore
 from service.refresh import RefreshJob
-from tests.service.conftest import RedisServer, auth, make_settings
+from tests.service.conftest import RedisServer, auth, fresh_db, make_settings
 from tests.service.fakes import FakeStore
 from tests.service.test_faiss_index import D, N, _spec
 
@@ -131,11 +131,7 @@ def test_search_intents_is_the_exact_best_intent_top_k_outside_the_exclusions(ki
 
 @pytest.fixture
 def rdb(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_server.port, db=DB)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    yield from fresh_db(redis_server, DB)
 
 
 def test_the_refresh_job_caches_k_vectors_and_the_cached_path_searches_them_as_k_queries(

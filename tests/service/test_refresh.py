@@ -19,7 +19,7 @@ from service.bundle import ServingBundle, load_bundle
 from service.recommender import Recommender
 from service.redis_store import RedisSequenceStore
 from service.refresh import RefreshJob, RefreshStats, encode_users, main
-from tests.service.conftest import RedisServer
+from tests.service.conftest import RedisServer, fresh_db
 
 DB = 7  # a database of its own: the API tests write users into db 0 of the same server
 N_USERS = 240
@@ -32,11 +32,7 @@ def bundle(service_artifacts: Path) -> ServingBundle:
 
 @pytest.fixture
 def rdb(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_server.port, db=DB)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    yield from fresh_db(redis_server, DB)
 
 
 def seed(client: redis.Redis, bundle: ServingBundle, n: int = N_USERS, seed: int = 0) -> list[str]:
