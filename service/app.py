@@ -69,7 +69,7 @@ def refuse_default_keys(settings: Settings) -> None:
 
 def open_bundle_or_refuse(settings: Settings) -> None:
     """Verify ``artifacts/current`` without opening it for serving (the CLI's check before it starts workers)."""
-    from core.manifest import verify_bundle
+    from core.bundle_checks import verify_bundle
 
     try:
         verify_bundle(current_bundle(settings.service.artifacts))

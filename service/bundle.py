@@ -1,6 +1,6 @@
 """A bundle made ready to serve: catalogues, popularity rankings, encoders and indexes, all from one manifest.
 
-``load_bundle`` runs the one load-time check (core.manifest.verify_bundle: files, hashes, id maps, ONNX
+``load_bundle`` runs the one load-time check (core.bundle_checks.verify_bundle: files, hashes, id maps, ONNX
 inputs/outputs and index dims agree with the manifest) plus what serving needs on top (every sequence input
 names its domain and length), then opens the graphs and indexes and warms them up. It raises
 ``BundleError`` listing every problem, so a bad bundle is refused at start and never replaces a good one.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.manifest import BundleError, GraphSpec, Manifest, TextItemsSpec, verify_bundle
+from core.bundle_checks import verify_bundle
+from core.manifest import BundleError, GraphSpec, Manifest, TextItemsSpec
 from core.sequence import encode_batch, encode_sequence
 from service.ports import Encoder, FloatArray, IntArray, ItemIndex, TextEncoder
 
