@@ -200,8 +200,8 @@ def test_a_batch_of_events_for_users_on_every_node_is_appended_and_trimmed(
 def test_item_texts_the_demo_seeder_and_added_items_work_on_a_cluster(
     rc: RedisCluster, redis_cluster: RedisClusterServer
 ) -> None:
+    from demo.serve import seed as demo_seed
     from export.added_items import read_added_items
-    from service.demo import seed as demo_seed
 
     store = RedisSequenceStore.from_url(redis_cluster.url, RedisSettings(cluster=True))
 
