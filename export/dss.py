@@ -4,7 +4,7 @@ A DSS user is K intent vectors. With the model's default score, ``max`` over int
 exported graph is a **K-vector user encoder**: ``(target_seq (B, T), source_seq (B, S)) -> (B, K, D)``, the
 source sequence unused (DSS reads the target history only), and the manifest records ``intents = K`` and
 ``intent_score = "max"``; the service then searches the K queries in one batched FAISS call and merges them
-by their best score (service.faiss_index ``search_intents``). With ``score="weighted"`` an item's score is
+by their best score (service.adapters.faiss_index ``search_intents``). With ``score="weighted"`` an item's score is
 ``sum_k pi_k <phi_k, e>`` = ``<sum_k pi_k phi_k, e>``: one vector, so that model is exported as an ordinary
 single-vector user encoder (``WeightedDSSTower``) and the manifest records no intents.
 

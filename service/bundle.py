@@ -241,9 +241,9 @@ def warm_up(b: ServingBundle) -> None:
 def load_bundle(path: Path, ort_threads: int = 1, text_items: bool = True) -> ServingBundle:
     """Verify, open and warm up the bundle at ``path`` (a version directory, or ``current`` resolved).
     ``text_items=False`` leaves the text item encoders closed (the refresh job adds no items)."""
-    from service.faiss_index import FaissItemIndex  # native libraries only where a bundle is really opened
-    from service.onnx_encoder import OnnxEncoder
-    from service.text_encoder import OnnxTextEncoder
+    from service.adapters.faiss_index import FaissItemIndex  # native libraries only where a bundle is really opened
+    from service.adapters.onnx_encoder import OnnxEncoder
+    from service.adapters.text_encoder import OnnxTextEncoder
 
     bundle = Path(path).resolve()
     m = verify_bundle(bundle)
