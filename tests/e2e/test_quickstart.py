@@ -2,7 +2,6 @@
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -10,6 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from demo.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,17 +39,10 @@ def test_makefile_demo_target_runs_both_halves_and_demo_down_stops_them() -> Non
     assert "-m demo down" in _recipe("demo-down")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_demo_end_to_end_trains_serves_refreshes_and_answers_over_http(tmp_path: Path) -> None:
     # the command `make demo` runs (install is already done: we are running inside its venv)
     out = tmp_path / "demo"
-    port = _free_port()
+    port = free_port()
     try:
         run = subprocess.run(
             [sys.executable, "-m", "demo", "up", "--epochs", "2", "--out", str(out), "--port", str(port),
