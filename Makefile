@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check core training export service bench tests
-	$(BIN)/mypy core service
+	$(BIN)/ruff check core training export service bench tests demo
+	$(BIN)/mypy core service demo/serve.py demo/cli.py
 	$(BIN)/lint-imports
 
 test: install
@@ -28,14 +28,14 @@ test: install
 DEMO_OUT ?= demo-out
 DEMO_PORT ?= 8000
 
-# training half (torch): data -> SASRec -> evaluation; serving half (torch-free): export, verify, Redis, seed,
+# demo/ (python -m demo): training half (torch, demo.train): data -> SASRec -> evaluation; serving half
+# (torch-free, demo.serve): export, verify, Redis, seed,
 # serve, refresh, HTTP answers. Leaves Redis and the service running: `make demo-down` stops them.
 demo: install
-	$(BIN)/python -m training.demo $(if $(DATA),--data $(DATA),) --out $(DEMO_OUT) $(DEMO_ARGS)
-	$(BIN)/python -m service.demo up --out $(DEMO_OUT) --port $(DEMO_PORT)
+	$(BIN)/python -m demo up $(if $(DATA),--data $(DATA),) --out $(DEMO_OUT) --port $(DEMO_PORT) $(DEMO_ARGS)
 
 demo-down:
-	$(BIN)/python -m service.demo down --out $(DEMO_OUT)
+	$(BIN)/python -m demo down --out $(DEMO_OUT)
 
 bench: bench-quality
 

@@ -42,6 +42,7 @@ from bench.results import (
     update_json,
     update_markdown,
 )
+from training.args import MFArgs
 from training.baselines import CrossCooccurrence, Popularity
 from training.data.loaders import load_art_office, load_douban
 from training.data.splits import cold_start_split
@@ -56,7 +57,6 @@ from training.train_bridge_inductive import (
     train_inductive,
     train_shared,
 )
-from training.train_mf import MFArgs
 
 BENCH = "cold_start"
 DATASETS = ("douban", "art-office")  # the rating part, the ranking part

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from bench.results import data_parser
+from training.args import GURUArgs
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking
 from training.fit import FitResult
+from training.fit_guru import train_guru
 from training.train_cdsrec import CDSRecArgs, train_cdsrec
-from training.train_guru import GURUArgs, train_guru
 
 Runner = Callable[[NextItemSplit, int], tuple[dict[str, float], float]]
 Scorer = Callable[[Examples], torch.Tensor]

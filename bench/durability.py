@@ -9,8 +9,8 @@ Configurations, each its own server(s) on loopback, AOF in a temporary directory
 (everysec plus one replica, ``WAIT 1``); then, unless ``--no-cluster``, the same on a Redis Cluster of 3 masters +
 3 replicas (tests/cluster.py, AOF everysec on every node): ``cluster:reply`` and ``cluster:reply+wait1``
 (``redis.wait_replicas=1``: the node's pipeline ends with ``WAIT 1`` on the same connection,
-service.cluster_writes), each also with writes of ``SPREAD`` users at once (``x6users``: a batch reaching several
-masters). Each write is one ``RedisSequenceStore.append`` (the service's write
+service.adapters.cluster_writes), each also with writes of ``SPREAD`` users at once (``x6users``: a batch
+reaching several masters). Each write is one ``RedisSequenceStore.append`` (the service's write
 path: one Lua script call per user, then the wait) of ``--batch`` events for one random user, sequential
 (concurrency 1). The configurations take turns in ``--rounds`` rounds to share the box's noise. Prints p50/p99
 ms and writes/s per configuration and the ratio to ``reply``; writes docs/results.json (bench "durability") and
@@ -36,9 +36,9 @@ from tqdm import tqdm
 from bench.refresh import start_redis
 from bench.results import record, update_json, update_markdown
 from core.settings import RedisSettings
+from service.adapters.redis_store import RedisSequenceStore, client_for
 from service.durability import WAIT_SHARE, Durability, Mode
 from service.ports import EventRecord
-from service.redis_store import RedisSequenceStore, client_for
 
 BENCH = "durability"
 CONFIGS: dict[str, tuple[tuple[str, ...], Mode, int]] = {  # name -> (server options, durability, replicas)

@@ -3,7 +3,7 @@ service's default (``auto``: deeper while efSearch covers the depth, else the se
 
     python -m bench.faiss_exclude [--items 100000] [--dim 64] [--queries 300] [--rounds 3]
 
-The service's ``FaissItemIndex`` (service/faiss_index.py) on the index the export builds (export/index.py: HNSW
+The service's ``FaissItemIndex`` (service/adapters/faiss_index.py) on the index the export builds (export/index.py: HNSW
 with efSearch, IVF with nprobe, each chosen for recall@10 >= 0.95 on these queries), over clustered synthetic
 item vectors. Each query is an item vector plus noise, like a user vector near what the user interacted with;
 its exclusions are half drawn from its own exact top max(200, |exclusions|) (seen items sit near the user, the
@@ -32,7 +32,7 @@ import numpy as np
 from bench.results import record, update_json, update_markdown
 from core.manifest import IndexSpec
 from export.index import IndexOptions, build_index
-from service.faiss_index import Exclusion, FaissItemIndex, set_threads
+from service.adapters.faiss_index import Exclusion, FaissItemIndex, set_threads
 
 BENCH = "faiss_exclude"
 WAYS: tuple[Exclusion, ...] = ("selector", "deeper", "auto")

@@ -54,10 +54,10 @@ def profile_stages(root: Path, redis_url: str, n_users: int, n: int = 400) -> tu
 
 
 async def _profile(root: Path, redis_url: str, n_users: int, n: int) -> tuple[dict[str, float], dict[str, float]]:
+    from service.adapters.faiss_index import set_threads
+    from service.adapters.redis_store import RedisSequenceStore
     from service.bundle import load_bundle
-    from service.faiss_index import set_threads
     from service.recommender import Recommender
-    from service.redis_store import RedisSequenceStore
 
     set_threads(1)
     bundle = load_bundle(current_bundle(root), ort_threads=1)

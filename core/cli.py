@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.cli", "checkpoints -> a verified ONNX + FAISS bundle; `cdrec export verify BUNDLE`"),
     "refresh": ("service.refresh", "re-encode users' cached vectors into Redis: `cdrec refresh --redis-url URL`"),
     "serve": ("service.cli", "run the HTTP service on artifacts/current: `cdrec serve --workers 2`"),
+    "demo": ("demo.cli", "the demo: train, export, serve and answer (`make demo`); `cdrec demo down` stops it"),
 }
 
 

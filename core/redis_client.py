@@ -1,7 +1,7 @@
 """The one place a synchronous Redis client is built: a single server or a Redis Cluster (``RedisSettings.cluster``).
 
 Used by the refresh job, the demo seeder and ``cdrec export --added-items``; the service's asyncio client is built
-beside it in service/redis_store.py (``client_for``). With ``cluster`` the URL names any one node: redis-py's
+beside it in service/adapters/redis_store.py (``client_for``). With ``cluster`` the URL names any one node: redis-py's
 ``RedisCluster`` discovers the others (CLUSTER SLOTS), routes each command to its slot's master and refreshes its
 slot map after MOVED or a connection error (a failover). Every multi-key command cdrec sends stays inside one hash
 slot (core.redis_keys), so the same calls run on both. ``redis`` is imported lazily: core stays importable without

@@ -1,7 +1,7 @@
 """The Redis key layout (DESIGN §5), shared by the service, the refresh job and the demo seeder.
 
 Every key of one user carries the hash tag ``{u:<user_id>}``, so all of a user's keys live in one slot under
-Redis Cluster and one script call may touch them together (the event append: service.append_script):
+Redis Cluster and one script call may touch them together (the event append: service.adapters.append_script):
 
 * ``cdrec:{u:<user_id>}:seq:<domain>``: LIST of external item ids, oldest first, trimmed to the bundle's
   ``max_len`` (append = one Lua script call per user: dedup, RPUSH, LTRIM, optional TTL);

@@ -1,10 +1,10 @@
-"""DSS (training/models/dss.py) as a user encoder: its own export case, beside ``towers.tower_graph``.
+"""DSS (training/models/dss.py) as a user encoder: the graph of the ``intents`` serving role (models/serving.py).
 
 A DSS user is K intent vectors. With the model's default score, ``max`` over intents (``intent_scores``), the
 exported graph is a **K-vector user encoder**: ``(target_seq (B, T), source_seq (B, S)) -> (B, K, D)``, the
 source sequence unused (DSS reads the target history only), and the manifest records ``intents = K`` and
 ``intent_score = "max"``; the service then searches the K queries in one batched FAISS call and merges them
-by their best score (service.faiss_index ``search_intents``). With ``score="weighted"`` an item's score is
+by their best score (service.adapters.faiss_index ``search_intents``). With ``score="weighted"`` an item's score is
 ``sum_k pi_k <phi_k, e>`` = ``<sum_k pi_k phi_k, e>``: one vector, so that model is exported as an ordinary
 single-vector user encoder (``WeightedDSSTower``) and the manifest records no intents.
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.towers import ExportError, Graph, tower_graph
+from export.towers import ExportError, Graph, declared, graph_from
 from training.models.dss import DSS
 
 
@@ -33,7 +33,6 @@ class DSSTower(nn.Module):
     def __init__(self, model: DSS) -> None:
         super().__init__()
         self.model = model
-        self.cfg = model.cfg  # tower_graph reads max_len and n_items from it
 
     def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model(target_seq)  # (B, T) -> (B, K, D); source_seq is unused
@@ -64,12 +63,14 @@ def dss_graph(
 ) -> Graph:
     """A loaded DSS as a user-encoder ``Graph``: K vectors (``intents`` = K) under the max score, one vector under
     the weighted score."""
-    if not isinstance(model, DSS):
+    spec = declared(model, path or "<model>")
+    if not isinstance(model, DSS) or spec.role != "intents":
         raise ExportError(f"{path or '<model>'}: {type(model).__name__} is not a DSS model")
-    if model.cfg.score == "weighted":
-        return tower_graph(WeightedDSSTower(model).eval(), meta, path, target, source)
-    graph = tower_graph(DSSTower(model).eval(), meta, path, target, source)
-    return dataclasses.replace(graph, intents=model.cfg.intents)
+    if spec.intent_score == "weighted":  # one vector: an ordinary user tower
+        tower = dataclasses.replace(spec, role="user_tower", module=WeightedDSSTower(model), intents=None)
+    else:
+        tower = dataclasses.replace(spec, module=DSSTower(model))
+    return graph_from(tower, meta, path, target, source, type(tower.module).__name__)
 
 
 def merged_top_k(index: faiss.Index, queries: np.ndarray, k: int = 10) -> np.ndarray:

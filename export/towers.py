@@ -1,8 +1,14 @@
-"""What export needs of a model, as two small protocols, and the loaders that turn checkpoints into them.
+"""The graphs export writes, built from each model's own serving declaration (training/models/serving.py).
+
+A model's ``serving()`` says its role, the module to write and what it reads; ``declared`` fetches it (a model
+that declares nothing, or declares itself not servable, gets an ExportError saying so) and ``graph_from`` turns
+it into a ``Graph``, with no guessing from signatures or attribute names and no branch per model kind. The roles
+and their ONNX signatures:
 
 * a **user tower**: ``forward(target_seq (B, T), source_seq (B, S)) -> (B, D)`` plus ``item_vectors()`` of the
-  target domain (N + 1, D), row 0 padding (CDSRec's serving module; SASRec through ``SASRecTower``; a
-  UniSRec-style text model, ``forward(target_seq)`` plus ``text_tower()``, through ``TextSeqTower``);
+  target domain (N + 1, D), row 0 padding; a text-item model's tower (``Serving.text``) is wrapped in
+  ``TextSeqTower``, whose ``text_tower()`` export/text_items.py writes as the text item graph;
+* **intents** (DSS): routed to export/dss.py, which writes K vectors (B, K, D) or their weighted sum;
 * a **bridge**: ``forward(source_seq (B, S)) -> (B, D)`` in the target item space plus the ``item_vectors()``
   it is scored against (the inductive bridge of models/bridge.py).
 
@@ -13,8 +19,8 @@ bridge checkpoint is at hand; it is never exported by the CLI.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -23,7 +29,7 @@ import torch
 from torch import nn
 
 from training import checkpoint
-from training.models.sasrec import SASRec
+from training.models.serving import NotServable, Serving, TextItems
 
 
 class UserTower(Protocol):
@@ -40,34 +46,26 @@ class ExportError(RuntimeError):
     """The export cannot produce a bundle to publish; the message says why."""
 
 
-class SASRecTower(nn.Module):
-    """SASRec as a user tower: reads the target sequence, ignores the source one (single-domain baseline)."""
+class TextSeqTower(nn.Module):
+    """The user tower of a model whose items come from text (UniSRec; its ``Serving.text``): forwards as the
+    declared tower, and ``text_tower()`` (sentence vectors (B, E) -> item vectors (B, D)) goes to the text item
+    graph (export/text_items.py), so new items can be added by their text alone."""
 
-    def __init__(self, model: SASRec | nn.Module) -> None:
+    def __init__(self, tower: nn.Module, text: TextItems) -> None:
         super().__init__()
-        self.model = model
+        self.tower = tower
+        self.text = text.tower
 
     def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(target_seq)  # (B, T) -> (B, D); source_seq is unused
+        out: torch.Tensor = self.tower(target_seq, source_seq)
         return out
 
     def item_vectors(self) -> torch.Tensor:
-        out: torch.Tensor = self.model.item_vectors()  # type: ignore[operator]
+        out: torch.Tensor = self.tower.item_vectors()  # type: ignore[operator]
         return out
 
-
-class TextSeqTower(SASRecTower):
-    """A single-domain model whose items come from text (UniSRec): the user tower reads the target sequence and
-    ignores the source one, as SASRec's does; ``text_tower()`` (sentence vectors (B, E) -> item vectors (B, D))
-    goes to the text item graph (export/text_items.py), so new items can be added by their text alone."""
-
     def text_tower(self) -> nn.Module:
-        tower: nn.Module = self.model.text_tower()  # type: ignore[operator]
-        return tower
-
-
-def is_text_model(model: nn.Module) -> bool:
-    return _n_args(model) == 1 and hasattr(model, "text_tower") and hasattr(model, "item_vectors")
+        return self.text
 
 
 class MeanPoolBridge(nn.Module):
@@ -87,6 +85,12 @@ class MeanPoolBridge(nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         return self.get_buffer("target_items")
+
+    def serving(self) -> Serving:
+        n_src = self.source_items.num_embeddings - 1
+        n_tgt = self.get_buffer("target_items").shape[0] - 1
+        # max_len 0: any length; the caller's meta gives it (tests, bench)
+        return Serving("bridge", self, ("source",), n_tgt, 0, n_source_items=n_src)
 
 
 @dataclass
@@ -123,16 +127,8 @@ class Graph:
         return vecs[1 : self.n_target_items + 1].contiguous()
 
 
-def _first(cfg: object, *names: str) -> int:
-    return next((int(v) for n in names if (v := getattr(cfg, n, None))), 0)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _n_args(module: nn.Module) -> int:
-    return len(inspect.signature(module.forward).parameters)
 
 
 def _domains(meta: dict[str, Any], target: str | None, source: str | None, path: Path) -> tuple[str, str | None]:
@@ -150,101 +146,90 @@ def _domains(meta: dict[str, Any], target: str | None, source: str | None, path:
     return str(tgt), (str(src) if src else None)
 
 
-def tower_graph(
-    model: nn.Module,
+def declared(model: nn.Module, where: Path | str = "<model>") -> Serving:
+    """The model's own serving declaration (training/models/serving.py), or an ExportError saying why not."""
+    serving = getattr(model, "serving", None)
+    if not callable(serving):
+        raise ExportError(
+            f"{where}: {type(model).__name__} declares no serving role: an exportable model has a serving() method "
+            "returning training.models.serving.Serving (see training/models/sasrec.py)"
+        )
+    try:
+        spec = serving()
+    except NotServable as exc:
+        raise ExportError(f"{where}: {exc}") from exc
+    if not isinstance(spec, Serving):
+        raise ExportError(f"{where}: {type(model).__name__}.serving() returned {type(spec).__name__}, not a Serving")
+    return spec
+
+
+def graph_from(
+    spec: Serving,
     meta: dict[str, Any],
     path: Path | None = None,
     target: str | None = None,
     source: str | None = None,
+    name: str = "<model>",
 ) -> Graph:
-    """A loaded model (SASRec or a two-input tower such as CDSRec) as a user-encoder ``Graph``."""
+    """The ``Graph`` a declaration describes. The checkpoint's meta names the domains (the CLI's flags fill in
+    what it does not) and may pin the target item count (a model trained on a wider id space, sasrec-merged)."""
     where = path or Path("<model>")
     tgt, src = _domains(meta, target, source, where)
-    if isinstance(model, SASRec):
-        if meta.get("merged"):
-            raise ExportError(
-                f"{where}: sasrec-merged reads one interleaved two-domain sequence, which the "
-                "(target_seq, source_seq) serving signature cannot carry; export sasrec or cdsrec instead"
-            )
-        module: nn.Module = SASRecTower(model)
-        n_src = None
-    elif is_text_model(model):
-        module, n_src = TextSeqTower(model), None
-    elif _n_args(model) == 2 and hasattr(model, "item_vectors"):
-        # a model may provide a leaner module with the same output for serving (CDSRec: CDSRecServing)
-        module = model.serving_module() if callable(getattr(model, "serving_module", None)) else model
-        cfg = getattr(model, "cfg", None)
-        n_src = meta.get("n_source_items") or getattr(cfg, "n_source_items", None) or getattr(cfg, "n_source", None)
-    else:
-        raise ExportError(f"{where}: {type(model).__name__} is not a user tower: forward(target_seq, source_seq)")
-    cfg = getattr(model, "cfg", None)
-    max_len = int(getattr(cfg, "max_len", 0) or meta.get("max_len") or 0)
-    if max_len <= 0:
-        raise ExportError(f"{where}: the model config does not give max_len")
-    text_model = None
-    if isinstance(module, TextSeqTower):
-        text_model = str(meta.get("text_model") or getattr(cfg, "text_model", "") or "") or None
-    n_target = int(meta.get("n_target_items") or _first(cfg, "n_target_items", "n_target", "n_items"))
+    if "source" in spec.reads and src is None:
+        raise ExportError(f"{where}: the checkpoint does not name its source domain; pass --source-domain")
+    max_len = int(spec.max_len or meta.get("max_len") or 0)
+    n_target = int(meta.get("n_target_items") or spec.n_target_items)
+    n_src = None if spec.n_source_items is None else int(meta.get("n_source_items") or spec.n_source_items) or None
+    if max_len <= 0 or n_target <= 0 or ("source" in spec.reads and not n_src):
+        raise ExportError(f"{where}: the model must declare max_len, n_target_items and (reading source) "
+                          "n_source_items")
+    bridge = spec.role == "bridge"
+    module = spec.module if spec.text is None else TextSeqTower(spec.module, spec.text)
     return Graph(
-        kind="user_encoder",
+        kind="bridge" if bridge else "user_encoder",
         module=module.eval(),
         target_domain=tgt,
         source_domain=src,
-        target_max_len=max_len,
-        source_max_len=int(getattr(cfg, "source_max_len", max_len)),
-        n_target_items=n_target,
-        n_source_items=int(n_src or 0) or None,
-        model=str(meta.get("model") or type(model).__name__),
-        checkpoint_sha256=_sha256(path) if path else None,
-        data=meta.get("data"),
-        text_model=text_model,
-    )
-
-
-def bridge_graph(
-    model: nn.Module,
-    meta: dict[str, Any],
-    path: Path | None = None,
-    target: str | None = None,
-    source: str | None = None,
-) -> Graph:
-    """A loaded inductive bridge (``forward(source_seq)``) as a bridge ``Graph``."""
-    where = path or Path("<model>")
-    tgt, src = _domains(meta, target, source, where)
-    if src is None:
-        raise ExportError(f"{where}: the bridge checkpoint does not name its source domain; pass --source-domain")
-    if _n_args(model) != 1 or not hasattr(model, "item_vectors"):
-        raise ExportError(
-            f"{where}: {type(model).__name__} is not an inductive bridge: forward(source_seq) -> user vector "
-            "(PTUPCDR and EMCDR take user ids and cannot serve users the model has not seen)"
-        )
-    cfg = getattr(model, "cfg", None)
-    max_len = int(getattr(cfg, "max_len", 0) or meta.get("max_len") or 0)
-    n_target = int(meta.get("n_target_items") or getattr(cfg, "n_target_items", 0) or 0)
-    n_src = int(meta.get("n_source_items") or getattr(cfg, "n_source_items", 0) or 0)
-    if max_len <= 0 or n_target <= 0 or n_src <= 0:
-        raise ExportError(f"{where}: the bridge config must give max_len, n_source_items and n_target_items")
-    return Graph(
-        kind="bridge",
-        module=model.eval(),
-        target_domain=tgt,
-        source_domain=src,
-        target_max_len=None,
-        source_max_len=max_len,
+        target_max_len=None if bridge else max_len,
+        source_max_len=max_len if bridge else int(spec.source_max_len or max_len),
         n_target_items=n_target,
         n_source_items=n_src,
-        model=str(meta.get("model") or f"{type(model).__module__}:{type(model).__qualname__}"),
+        model=str(meta.get("model") or name),
         checkpoint_sha256=_sha256(path) if path else None,
         data=meta.get("data"),
+        text_model=None if spec.text is None else (str(meta.get("text_model") or spec.text.text_model) or None),
+        intents=spec.intents if spec.role == "intents" else None,
     )
+
+
+def model_graph(role: Literal["user_tower", "bridge"], model: nn.Module, meta: dict[str, Any], path: Path | None = None,
+                target: str | None = None, source: str | None = None) -> Graph:
+    """A loaded model as the Graph of ``role``, from its declaration: a user tower (or K intent vectors, which
+    export/dss.py writes) or a bridge (``forward(source_seq)``). A model declaring the other role is refused."""
+    where = path or Path("<model>")
+    spec = declared(model, where)
+    if (spec.role == "bridge") != (role == "bridge"):
+        flag = "--bridge-checkpoint" if spec.role == "bridge" else "--checkpoint"
+        raise ExportError(f"{where}: {type(model).__name__} serves as {spec.role}, not {role}: pass it as {flag}")
+    if meta.get("merged"):
+        raise ExportError(
+            f"{where}: sasrec-merged reads one interleaved two-domain sequence, which the "
+            "(target_seq, source_seq) serving signature cannot carry; export sasrec or cdsrec instead"
+        )
+    if spec.role == "intents":
+        from export import dss  # K intent vectors: their graph lives in export/dss.py
+
+        return dss.dss_graph(model, meta, path, target, source)
+    name = f"{type(model).__module__}:{type(model).__qualname__}" if role == "bridge" else type(model).__name__
+    return graph_from(spec, meta, path, target, source, name)
+
+
+tower_graph = functools.partial(model_graph, "user_tower")  # (model, meta, path, target, source) -> Graph
+bridge_graph = functools.partial(model_graph, "bridge")
 
 
 def load_tower(path: Path, target: str | None = None, source: str | None = None) -> Graph:
     model, meta = _load(path)
-    from export import dss  # DSS is its own case (K intent vectors): export/dss.py
-
-    if dss.is_dss(model):
-        return dss.dss_graph(model, meta, path, target, source)
     return tower_graph(model, meta, path, target, source)
 
 

@@ -1,4 +1,4 @@
-"""`cdrec export verify BUNDLE`: the service's load-time checks (core.manifest.verify_bundle) and more.
+"""`cdrec export verify BUNDLE`: the service's load-time checks (core.bundle_checks.verify_bundle) and more.
 
 On top of the core checks (files, hashes, id maps, ONNX inputs/outputs through onnxruntime, index dims,
 counts and type, text item graphs and tokenizers), export also has the ``onnx`` package: every graph (text
@@ -13,7 +13,8 @@ from pathlib import Path
 import faiss
 import onnx
 
-from core.manifest import BundleError, Manifest, read_manifest, verify_bundle
+from core.bundle_checks import verify_bundle
+from core.manifest import BundleError, Manifest, read_manifest
 
 
 def _onnx_problems(bundle: Path, m: Manifest) -> list[str]:

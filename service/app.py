@@ -29,6 +29,7 @@ from fastapi import FastAPI
 
 from core.manifest import BundleError, current_bundle
 from core.settings import Settings
+from service.adapters.redis_store import RedisSequenceStore
 from service.auth import ApiKeys
 from service.breaker import BreakerPolicy, CircuitBreaker
 from service.bundle import ServingBundle, load_bundle
@@ -40,7 +41,6 @@ from service.metrics import Metrics
 from service.openapi import install_openapi
 from service.ports import StoreUnavailable
 from service.recommender import Limits, Recommender
-from service.redis_store import RedisSequenceStore
 from service.reloader import BundleManager
 from service.routes import Services, router
 from service.supervision import report_serving
@@ -69,7 +69,7 @@ def refuse_default_keys(settings: Settings) -> None:
 
 def open_bundle_or_refuse(settings: Settings) -> None:
     """Verify ``artifacts/current`` without opening it for serving (the CLI's check before it starts workers)."""
-    from core.manifest import verify_bundle
+    from core.bundle_checks import verify_bundle
 
     try:
         verify_bundle(current_bundle(settings.service.artifacts))
@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from service.faiss_index import set_threads
+        from service.adapters.faiss_index import set_threads
 
         set_threads(cfg.faiss_threads)
         loader = partial(load_bundle, ort_threads=cfg.ort_threads)

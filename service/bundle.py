@@ -1,6 +1,6 @@
 """A bundle made ready to serve: catalogues, popularity rankings, encoders and indexes, all from one manifest.
 
-``load_bundle`` runs the one load-time check (core.manifest.verify_bundle: files, hashes, id maps, ONNX
+``load_bundle`` runs the one load-time check (core.bundle_checks.verify_bundle: files, hashes, id maps, ONNX
 inputs/outputs and index dims agree with the manifest) plus what serving needs on top (every sequence input
 names its domain and length), then opens the graphs and indexes and warms them up. It raises
 ``BundleError`` listing every problem, so a bad bundle is refused at start and never replaces a good one.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.manifest import BundleError, GraphSpec, Manifest, TextItemsSpec, verify_bundle
+from core.bundle_checks import verify_bundle
+from core.manifest import BundleError, GraphSpec, Manifest, TextItemsSpec
 from core.sequence import encode_batch, encode_sequence
 from service.ports import Encoder, FloatArray, IntArray, ItemIndex, TextEncoder
 
@@ -240,9 +241,9 @@ def warm_up(b: ServingBundle) -> None:
 def load_bundle(path: Path, ort_threads: int = 1, text_items: bool = True) -> ServingBundle:
     """Verify, open and warm up the bundle at ``path`` (a version directory, or ``current`` resolved).
     ``text_items=False`` leaves the text item encoders closed (the refresh job adds no items)."""
-    from service.faiss_index import FaissItemIndex  # native libraries only where a bundle is really opened
-    from service.onnx_encoder import OnnxEncoder
-    from service.text_encoder import OnnxTextEncoder
+    from service.adapters.faiss_index import FaissItemIndex  # native libraries only where a bundle is really opened
+    from service.adapters.onnx_encoder import OnnxEncoder
+    from service.adapters.text_encoder import OnnxTextEncoder
 
     bundle = Path(path).resolve()
     m = verify_bundle(bundle)

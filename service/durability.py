@@ -13,7 +13,7 @@
 The wait shares the write pipeline's connection (WAIT/WAITAOF wait for that connection's earlier writes) and
 its round trip. Its timeout is ``WAIT_SHARE`` of ``write_timeout_s``, leaving the rest for the round trip.
 
-On a Redis Cluster (service.redis_store) each node that owns users of a batch gets its own pipeline on one of
+On a Redis Cluster (service.adapters.redis_store) each node that owns users of a batch gets its own pipeline on one of
 its connections: that node's script calls, then the wait, so each WAIT/WAITAOF covers exactly the writes of its
 node; the batch is acknowledged only when every node's wait is. ``fsync`` is checked on every node the client
 knows at start, replicas included (a replica is the master after a failover), and on a node first seen later

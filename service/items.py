@@ -11,7 +11,7 @@ batch of items:
 2. encodes the texts (tokenizers + onnxruntime, off the event loop);
 3. persists them in Redis (``cdrec:items:<domain>``, core.redis_keys.item_texts_key) BEFORE serving them, so
    an item that was ever answered 200 survives a restart (Redis down: 503, nothing added);
-4. builds a new index (copy on write, service.faiss_index) and catalogue with the items appended, model ids
+4. builds a new index (copy on write, service.adapters.faiss_index) and catalogue with the items appended, model ids
    continuing from the current count, and swaps the whole bundle into the Recommender: requests already
    running keep the bundle they started with; the next one can return the new items and /v1/events accepts
    them. The answer is sent only after that swap.

@@ -1,7 +1,7 @@
 """The Protocols between the Recommender and the outside systems, and the one error a store may raise.
 
-Each has one real adapter (service.redis_store, service.onnx_encoder, service.faiss_index,
-service.text_encoder). ``SequenceStore``, ``Encoder`` and ``ItemIndex`` also have an in-memory fake
+Each has one real adapter (service.adapters.redis_store, service.adapters.onnx_encoder, service.adapters.faiss_index,
+service.adapters.text_encoder). ``SequenceStore``, ``Encoder`` and ``ItemIndex`` also have an in-memory fake
 (tests/service/fakes.py) for the Recommender's unit tests; the item-adding path (``TextEncoder``,
 ``GrowableIndex``, ``ItemTextStore``) is tested against the real adapters only. ``Encoder``, ``TextEncoder`` and
 ``ItemIndex`` are blocking native calls: the Recommender and the item adder run them off the event loop.

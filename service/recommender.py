@@ -26,7 +26,7 @@ encode live as before.
 
 Multi-interest retrieval: a K-vector user encoder (a DSS bundle, ``Graph.intents``) gives (K, D) per user;
 the index searches the K queries in one batched FAISS call and merges them by each item's best score
-(service.faiss_index ``search_intents``), with the same exclusions, and the answer's strategy is ``dss``. The
+(service.adapters.faiss_index ``search_intents``), with the same exclusions, and the answer's strategy is ``dss``. The
 refresh job caches such a user's K * D floats, read back here as K queries (``_intent_rows``).
 """
 

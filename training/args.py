@@ -12,30 +12,46 @@ A trainer's own args model (``SASRecArgs``, ``CDSRecArgs``, ...) sits in its tra
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_settings import CliSuppress
 
+# The options several trainers share, ONE definition each (type, bounds, help); each trainer gives its own default
+# (the only default of that trainer) through ``shared(...)``.
+SHARED: dict[str, tuple[type, dict[str, Any]]] = {
+    "epochs": (int, {"ge": 1, "description": "most training epochs"}),
+    "patience": (int, {"ge": 1, "description": "epochs without a better validation NDCG@10 before stopping"}),
+    "batch_size": (int, {"ge": 1, "description": "training rows per step"}),
+    "lr": (float, {"ge": 0, "description": "learning rate (AdamW; the bridges: Adam)"}),
+    "dim": (int, {"ge": 1, "description": "embedding and hidden size"}),
+    "max_len": (int, {"ge": 1, "description": "longest history read, most recent kept (env: CDREC_DATA__MAX_LEN)"}),
+    "seed": (int, {"description": "seed of the split, the weights, the batches, the negatives, `--data synthetic`"}),
+}
+
+
+def shared(name: str, **defaults: Any) -> type:
+    """A pydantic dataclass base holding the ``SHARED`` fields named in ``defaults``, with these defaults: a
+    trainer's args model subclasses it (``class SeqArgs(shared("SeqBase", epochs=30, ...))``) and adds its own."""
+    unknown = set(defaults) - set(SHARED)
+    if unknown:
+        raise TypeError(f"not shared args fields: {sorted(unknown)} (training.args.SHARED has {sorted(SHARED)})")
+    annotations = {f: SHARED[f][0] for f in defaults}
+    body: dict[str, Any] = {f: Field(v, **SHARED[f][1]) for f, v in defaults.items()}
+    return pydantic_dataclass(type(name, (), {"__annotations__": annotations, "__module__": __name__, **body}))
+
 
 @pydantic_dataclass
-class SeqArgs:
+class SeqArgs(shared("SeqBase", epochs=30, patience=3, batch_size=128, lr=3e-3, dim=64, max_len=50, seed=0)):
     """The options every sequence trainer shares (SASRec, GURU, CDSRec, UniSRec, DSS); each trainer's args model
     extends it (a subclass may redeclare a field to change its default; the field keeps its place). These
     defaults are the only ones: `cdrec train` reads its flags from these fields (training/config.py), and the
     recorded bench results were measured with them (batch 128, lr 3e-3)."""
 
-    epochs: int = Field(30, ge=1, description="most training epochs")
-    patience: int = Field(3, ge=1, description="epochs without a better validation NDCG@10 before stopping")
-    batch_size: int = Field(128, ge=1, description="training rows per step")
-    lr: float = Field(3e-3, ge=0, description="AdamW learning rate")
-    dim: int = Field(64, ge=1, description="embedding and hidden size")
     layers: int = Field(2, ge=1, description="encoder layers")
     heads: int = Field(2, ge=1, description="attention heads per layer")
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout in the encoder")
-    max_len: int = Field(
-        50, ge=1, description="longest history read, most recent items kept (env: CDREC_DATA__MAX_LEN)"
-    )
-    seed: int = Field(0, description="seed of the weights, the batches, the negatives (and of `--data synthetic`)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     negatives: int = Field(2048, ge=0, description="shared sampled negatives per batch (0: full softmax)")
 

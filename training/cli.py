@@ -32,17 +32,18 @@ from pydantic import Field, ValidationError
 from pydantic_settings import SettingsError
 
 from training import checkpoint
+from training.args import GURUArgs
 from training.config import Run, args_fields, args_of, command, parse
 from training.data.interactions import DataError, Interactions
 from training.data.source import load_data
 from training.data.splits import NextItemSplit, cold_start_split, leave_one_out
 from training.evaluation import evaluate_ranking
+from training.fit_guru import train_guru
 from training.models.guru import GURU
 from training.train_bridge import BridgeArgs
 from training.train_bridge_inductive import InductiveArgs
 from training.train_cdsrec import CDSRecArgs, train_cdsrec
 from training.train_dss import DSSArgs, train_dss
-from training.train_guru import GURUArgs, train_guru
 from training.train_sasrec import SASRecArgs, train_sasrec
 from training.train_unisrec import UniSRecArgs, train_unisrec
 

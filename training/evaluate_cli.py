@@ -3,7 +3,8 @@
     cdrec evaluate --checkpoint runs/cdsrec.office.pt --data ../shared/data/amazon_art_office_urllm
     cdrec evaluate --model popularity --data synthetic --target-domain music
 
-Checkpoints of the next-item models: SASRec (``sasrec``, ``sasrec-merged``), GURU (``gur``), CDSRec (``cdsrec``,
+Checkpoints of the next-item models (those whose ``serving()`` declares a user tower, training/models/serving.py,
+so a new model needs no change here): SASRec (``sasrec``, ``sasrec-merged``), GURU (``gur``), CDSRec (``cdsrec``,
 ``cdsrec-noadv``, ``cdsrec-lstm``), DSS (``dss``: max or weighted over its K intent vectors, as trained) and
 fine-tuned UniSRec (``unisrec-inductive``, ``unisrec-transductive``), on
 the leave-one-out split they were trained on. Cold-start bridges are scored on their own split by
@@ -26,23 +27,31 @@ from training.data.interactions import DataError
 from training.data.source import load_data
 from training.data.splits import Examples, leave_one_out
 from training.evaluation import evaluate_ranking, sequence_scorer, two_domain_scorer
+from training.models.serving import NotServable
 
 
 def scorer_for(model: torch.nn.Module, meta: dict[str, Any], n_target: int) -> Callable[[Examples], torch.Tensor]:
-    """The scorer a checkpoint's trainer evaluated it with, from the model name in its metadata."""
+    """The scorer a checkpoint's trainer evaluated it with, from the model's serving declaration
+    (training/models/serving.py): a tower reading the target history alone scores with ``model.score(seq)``, one
+    reading both histories as ``(target_seq, source_seq) -> user vector`` against its item vectors."""
     name = str(meta.get("model"))
     if "beta" in meta:  # only the cold-start trainers record the share of users they made cold
         raise ValueError(f"{name!r} is a cold-start bridge: `cdrec train bridge` scores it on its cold-start split")
-    known = {"sasrec", "sasrec-merged", "gur", "cdsrec", "cdsrec-noadv", "cdsrec-lstm", "unisrec-inductive",
-             "unisrec-transductive", "dss"}
-    if name not in known:
-        raise ValueError(f"cdrec evaluate does not know model {name!r} (it scores {', '.join(sorted(known))})")
-    max_len = int(model.cfg.max_len)  # type: ignore[union-attr]
-    if name.startswith("sasrec"):
-        return sequence_scorer(model, max_len, n_target, bool(meta.get("merged")))
-    if name == "dss" or name.startswith("unisrec"):  # one sequence in, every item's score out
-        return sequence_scorer(model, max_len)
-    return two_domain_scorer(model, max_len, n_target)  # GURU and CDSRec: (target_seq, source_seq) towers
+    serving = getattr(model, "serving", None)
+    try:
+        spec = serving() if callable(serving) else None
+    except NotServable:
+        spec = None
+    if spec is None or spec.role == "bridge":
+        raise ValueError(f"cdrec evaluate does not know model {name!r}: {type(model).__name__} declares no user tower "
+                         "(training/models/serving.py; the next-item models do: sasrec, gur, cdsrec, dss, unisrec)")
+    merged = bool(meta.get("merged"))  # sasrec-merged: one vocabulary of both domains, target ids first
+    if spec.n_target_items < n_target or (spec.n_target_items != n_target and not merged):
+        raise ValueError(f"{name!r} scores {spec.n_target_items} items but the target domain has {n_target}: "
+                         "it was not trained on this domain's items")
+    if "source" in spec.reads:  # GURU and CDSRec: (target_seq, source_seq) towers
+        return two_domain_scorer(model, spec.max_len, n_target)
+    return sequence_scorer(model, spec.max_len, n_target, merged)  # one sequence in, every item's score out
 
 
 def main(argv: list[str] | None = None) -> int:

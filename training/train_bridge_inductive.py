@@ -28,7 +28,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from core.sequence import encode_batch
 from training import checkpoint
-from training.args import GURUArgs, MFArgs
+from training.args import GURUArgs, MFArgs, shared
 from training.baselines import Popularity
 from training.data.batches import minibatches
 from training.data.interactions import Interactions
@@ -44,19 +44,15 @@ from training.models.mf import MF, sampled_softmax_loss
 
 
 @pydantic_dataclass
-class InductiveArgs:
-    """The inductive bridge's options (`cdrec train bridge inductive`)."""
+class InductiveArgs(shared("InductiveBase", dim=64, max_len=50, epochs=20, patience=2, lr=1e-3, batch_size=256,
+                           seed=0)):
+    """The inductive bridge's options (`cdrec train bridge inductive`): the bridge's loop (epochs, patience, lr,
+    batch size), the MF tables' and the bridge's size (dim), the source items read (max_len), the seed; then:"""
 
-    dim: int = Field(64, ge=1, description="size of the MF tables and the bridge")
-    max_len: int = Field(50, ge=1, description="most recent source items read (env: CDREC_DATA__MAX_LEN)")
     mf_epochs: int = Field(4, ge=1, description="epochs of the source and target MF pretraining")
     mf_lr: float = Field(2e-3, gt=0, description="learning rate of the MF pretraining")
     mf_batch_size: int = Field(1024, ge=1, description="batch size of the MF pretraining")
     negatives: int = Field(1024, ge=1, description="sampled negatives per batch (MF pretraining and the bridge)")
-    epochs: int = Field(20, ge=1, description="most bridge epochs")
-    patience: int = Field(2, ge=1, description="epochs without a better valid cold-user NDCG@10 before stopping")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the bridge")
-    batch_size: int = Field(256, ge=1, description="training pairs per bridge step")
     hidden: int = Field(128, ge=1, description="hidden size of the characteristic encoder and meta network")
     encoder: str = Field(
         "mean", description="s_u: mean of source item embeddings | attention (own) | guru (trains GURU first)"
@@ -70,7 +66,6 @@ class InductiveArgs:
         description="the cold users' item that selection ranks: first (their first target item after their "
         "first source item) | last",
     )
-    seed: int = Field(0, description="seed of the split, the weights and the batches (and of `--data synthetic`)")
 
 
 @dataclass

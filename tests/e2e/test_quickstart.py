@@ -2,7 +2,6 @@
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -10,6 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from demo.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,46 +35,32 @@ def _recipe(target: str) -> str:
 def test_makefile_demo_target_runs_both_halves_and_demo_down_stops_them() -> None:
     recipe = _recipe("demo")
     assert "install" in recipe.splitlines()[0]
-    assert "-m training.demo" in recipe and "-m service.demo up" in recipe
-    assert recipe.index("-m training.demo") < recipe.index("-m service.demo up")
-    assert "-m service.demo down" in _recipe("demo-down")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    assert "-m demo up" in recipe  # demo/cli.py: demo.train, then demo.serve up, each a child process
+    assert "-m demo down" in _recipe("demo-down")
 
 
 def test_demo_end_to_end_trains_serves_refreshes_and_answers_over_http(tmp_path: Path) -> None:
-    # the same two modules `make demo` runs (install is already done: we are running inside its venv)
+    # the command `make demo` runs (install is already done: we are running inside its venv)
     out = tmp_path / "demo"
-    train = subprocess.run(
-        [sys.executable, "-m", "training.demo", "--epochs", "2", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert train.returncode == 0, train.stderr[-2000:]
-    for stage in ("==> data", "==> train: SASRec", "==> train: CDSRec", "==> evaluate", "==> train: cold-start bridge"):
-        assert stage in train.stdout
-    table = train.stdout.split("==> evaluate", 1)[1]
-    for model in ("popularity", "sasrec", "cdsrec"):
-        assert re.search(rf"{model}\s+\d\.\d{{4}}", table), table
-    assert list(out.glob("cdsrec.*.pt")), "the demo wrote no CDSRec checkpoint"
-    assert Path(json.loads((out / "demo.json").read_text())["checkpoint"]).name.startswith("cdsrec."), "not served"
-    assert (out / "demo.json").exists() and (out / "sequences.json").exists()
-
-    port = _free_port()
+    port = free_port()
     try:
-        serve = subprocess.run(
-            [sys.executable, "-m", "service.demo", "up", "--out", str(out), "--port", str(port),
+        run = subprocess.run(
+            [sys.executable, "-m", "demo", "up", "--epochs", "2", "--out", str(out), "--port", str(port),
              "--export-arg=--random-sequences=64", "--export-arg=--real-sequences=64"],
-            cwd=ROOT, capture_output=True, text=True, timeout=600,
+            cwd=ROOT, capture_output=True, text=True, timeout=1200,
         )
-        assert serve.returncode == 0, serve.stdout[-3000:] + serve.stderr[-3000:]
-        text = serve.stdout
-        for stage in ("==> export", "==> verify", "==> redis", "==> seed", "==> serve", "==> refresh", "==> ask",
-                      "==> done"):
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        train, text = run.stdout.split("==> export", 1)  # the training half's output, then the serving half's
+        for stage in ("==> data", "==> train: SASRec", "==> train: CDSRec", "==> evaluate",
+                      "==> train: cold-start bridge"):
+            assert stage in train
+        table = train.split("==> evaluate", 1)[1]
+        for model in ("popularity", "sasrec", "cdsrec"):
+            assert re.search(rf"{model}\s+\d\.\d{{4}}", table), table
+        assert list(out.glob("cdsrec.*.pt")), "the demo wrote no CDSRec checkpoint"
+        assert Path(json.loads((out / "demo.json").read_text())["checkpoint"]).name.startswith("cdsrec."), "not served"
+        assert (out / "demo.json").exists() and (out / "sequences.json").exists()
+        for stage in ("==> verify", "==> redis", "==> seed", "==> serve", "==> refresh", "==> ask", "==> done"):
             assert stage in text, text
         assert re.search(r"refresh music: (\d+) users scanned, \1 encoded", text), text
         warm, cold = text.split("\nwarm user", 1)[1].split("\ncold-start user", 1)
@@ -83,7 +70,7 @@ def test_demo_end_to_end_trains_serves_refreshes_and_answers_over_http(tmp_path:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:  # left running
             assert json.loads(resp.read())["ready"] is True
     finally:
-        stop = subprocess.run([sys.executable, "-m", "service.demo", "down", "--out", str(out)],
+        stop = subprocess.run([sys.executable, "-m", "demo", "down", "--out", str(out)],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert stop.returncode == 0 and "stopped the service" in stop.stdout and "stopped Redis" in stop.stdout
     assert not (out / "service.pid").exists() and not (out / "redis.pid").exists()

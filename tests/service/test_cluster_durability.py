@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from core.redis_keys import key_slot, seq_key
 from core.settings import RedisSettings
+from service.adapters.redis_store import RedisSequenceStore
 from service.app import StartupError, create_app
 from service.durability import DurabilityRefused
 from service.ports import EventRecord, OutcomeUnknown
-from service.redis_store import RedisSequenceStore
 from tests.cluster import ClusterNode, RedisClusterServer
 from tests.service.conftest import auth, make_settings
 from tests.service.test_event_ids import with_redis

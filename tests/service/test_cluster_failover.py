@@ -4,7 +4,7 @@ degraded meanwhile (never a 5xx on reads; 503 = not acknowledged on writes, retr
 event id) and recovers without a restart; every acknowledged event is there afterwards.
 
 Acknowledged = 200 from the service, whose write pipeline ends each node's script calls with ``WAIT 1`` on the
-same connection (service.redis_store): the test issues no WAIT of its own. While the promoted master has no
+same connection (service.adapters.redis_store): the test issues no WAIT of its own. While the promoted master has no
 replica yet, its users' events cannot be acknowledged (WAIT 1 answers 0): 503 until the killed node is back,
 rejoined as the new master's replica."""
 

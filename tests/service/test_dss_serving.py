@@ -26,10 +26,10 @@ from core.manifest import current_bundle, read_manifest
 from core.redis_keys import emb_key, seq_key, unpack_embedding
 from core.sequence import encode_sequence
 from core.settings import RedisSettings
+from service.adapters.faiss_index import FaissItemIndex
+from service.adapters.redis_store import RedisSequenceStore
 from service.bundle import ServingBundle, load_bundle
-from service.faiss_index import FaissItemIndex
 from service.recommender import Recommendation, Recommender
-from service.redis_store import RedisSequenceStore
 from service.refresh import RefreshJob
 from tests.service.conftest import RedisServer, auth, fresh_db, make_settings
 from tests.service.fakes import FakeStore

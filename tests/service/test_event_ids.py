@@ -17,8 +17,8 @@ from redis.crc import key_slot
 
 from core.redis_keys import event_key, seq_key
 from core.settings import Settings
+from service.adapters.append_script import append_call
 from service.app import create_app
-from service.append_script import append_call
 from service.ports import EventRecord
 from tests.service.conftest import RedisServer, auth, make_settings
 from tests.service.test_redis_outage import wait_for

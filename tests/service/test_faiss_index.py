@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.manifest import IndexSpec
-from service.faiss_index import FaissItemIndex
+from service.adapters.faiss_index import FaissItemIndex
 
 N, D = 300, 16
 

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_importing_the_app_and_cli_leaves_torch_training_and_export_out() -> None:
     code = (
         "import sys\n"
-        "import service.app, service.cli, service.server, service.bundle, service.faiss_index, service.onnx_encoder\n"
-        "import service.refresh, service.demo\n"
+        "import service.app, service.cli, service.server, service.bundle\n"
+        "import service.adapters.faiss_index, service.adapters.onnx_encoder\n"
+        "import service.refresh, demo.serve, demo.cli\n"
         "from core.settings import Settings\n"
         "service.app.create_app(Settings())\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'export'))\n"

@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 
 from core.redis_keys import item_texts_key
 from core.settings import RedisSettings
+from service.adapters.redis_store import RedisSequenceStore
 from service.app import create_app
-from service.redis_store import RedisSequenceStore
 from tests.export.text_standin import DOMAIN
 from tests.service.conftest import API_KEY, RedisServer, auth, copy_artifacts, make_settings
 from tests.service.test_reload import point_current
@@ -345,7 +345,7 @@ import sys
 from fastapi.testclient import TestClient
 from core.settings import Settings
 from service.app import create_app
-from service.redis_store import RedisSequenceStore
+from service.adapters.redis_store import RedisSequenceStore
 settings = Settings.model_validate_json({settings!r})
 with TestClient(create_app(settings)) as c:
     r = c.post("/v1/items", json={json.dumps({"domain": DOMAIN, "items": [NEW_WATERCOLOR]})},

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.redis_keys import item_texts_key
+from service.adapters.faiss_index import FaissItemIndex
 from service.app import create_app
-from service.faiss_index import FaissItemIndex
 from service.items import pack_vector, unpack_vector
 from tests.export.text_standin import DOMAIN
 from tests.service.conftest import RedisServer, copy_artifacts, make_settings

@@ -15,9 +15,9 @@ import redis
 from core.manifest import current_bundle
 from core.redis_keys import emb_key, refresh_cursor_key, seq_key, sequence_fingerprint, unpack_embedding
 from core.settings import RedisSettings
+from service.adapters.redis_store import RedisSequenceStore
 from service.bundle import ServingBundle, load_bundle
 from service.recommender import Recommender
-from service.redis_store import RedisSequenceStore
 from service.refresh import RefreshJob, RefreshStats, encode_users, main
 from tests.service.conftest import RedisServer, fresh_db
 

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 
 from core.redis_keys import emb_key, seq_key, sequence_fingerprint, unpack_embedding
 from core.settings import RedisSettings
+from service.adapters.redis_store import RedisSequenceStore
 from service.app import create_app
 from service.bundle import load_bundle
 from service.recommender import Event, Recommender
-from service.redis_store import RedisSequenceStore
 from tests.service.conftest import RedisServer, auth, make_settings
 
 WAIT_S = 10.0  # the tests let the ack wait for the vector (a bound, never reached on a sane box)

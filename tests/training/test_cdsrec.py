@@ -158,7 +158,8 @@ def test_cdsrec_beats_target_only_sasrec_when_the_source_domain_carries_the_tast
 
 
 def test_cdsrec_starts_from_a_pretrained_guru_and_refuses_one_that_does_not_fit(small_split) -> None:
-    from training.train_guru import GURUArgs, train_guru
+    from training.args import GURUArgs
+    from training.fit_guru import train_guru
 
     guru, _, _ = train_guru(small_split, GURUArgs(epochs=1, dim=16, layers=1, max_len=12, negatives=64))
     args = CDSRecArgs(epochs=1, dim=16, layers=1, max_len=12, negatives=64)

@@ -69,3 +69,13 @@ def test_popularity_needs_a_target_domain_and_a_missing_checkpoint_exits_2(
     with pytest.raises(SystemExit):
         evaluate_cli.main(["--model", "popularity", "--data", "synthetic"])
 
+
+
+def test_a_new_model_is_scored_from_its_serving_declaration_alone() -> None:
+    """No list of model names: a checkpoint under a name evaluate has never seen scores as its declaration says."""
+    from training.models.sasrec import SASRec, SASRecConfig
+
+    model = SASRec(SASRecConfig(n_items=30, dim=8, layers=1, heads=1, max_len=5)).eval()
+    assert callable(evaluate_cli.scorer_for(model, {"model": "brand-new-model"}, 30))
+    with pytest.raises(ValueError, match="scores 30 items but the target domain has 40"):
+        evaluate_cli.scorer_for(model, {"model": "brand-new-model"}, 40)

@@ -30,6 +30,11 @@ from torch.nn import functional as F
 
 from training.models.guru import GURU, GURUConfig
 from training.models.layers import EncoderConfig, SequenceEncoder
+from training.models.serving import NotServable, Serving
+
+# why PTUPCDR and EMCDR declare no serving graph (models/serving.py)
+_USER_IDS = ("takes user ids, so it cannot serve users the model has not seen; export the inductive bridge "
+             "(`cdrec train bridge inductive`) instead")
 
 # --------------------------------------------------------------------------- shared layers
 
@@ -126,6 +131,9 @@ class PTUPCDR(nn.Module):
             u_t, b_t = u_t + base[:, :k], b_t + base[:, k:]
         return torch.cat([u_t, torch.ones_like(b_t), self.cfg.target_mean + b_t], dim=-1)
 
+    def serving(self) -> Serving:
+        raise NotServable(f"PTUPCDR {_USER_IDS}")
+
     def user_stats(self, b_s: torch.Tensor, source_rating: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """(B, 2) [b_u^s, dev_u]: the source MF user bias and the damped mean deviation of the source ratings
         (the user's rating level, before any item adjustment)."""
@@ -163,6 +171,9 @@ class EMCDR(nn.Module):
             )
         else:
             self.mapping = nn.Linear(k + 1, k + 1)
+
+    def serving(self) -> Serving:
+        raise NotServable(f"EMCDR {_USER_IDS}")
 
     def bridge(self, users: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B, k + 1) mapped [u_t, b_u^t] (what the distance loss fits)."""
@@ -248,6 +259,11 @@ class InductiveBridge(nn.Module):
 
     def score(self, source_seq: torch.Tensor) -> torch.Tensor:
         return self(source_seq) @ self.item_vectors().T  # (B, N + 1)
+
+    def serving(self) -> Serving:
+        """A cold-start bridge reading the source history (models/serving.py)."""
+        cfg = self.cfg
+        return Serving("bridge", self, ("source",), cfg.n_target_items, cfg.max_len, n_source_items=cfg.n_source_items)
 
 
 # --------------------------------------------------------------------------- training heads

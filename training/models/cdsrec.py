@@ -29,6 +29,7 @@ from torch import nn
 
 from training.models.guru import GURU, CausalEncoder, GURUConfig
 from training.models.layers import EncoderConfig, attention_mask
+from training.models.serving import Serving
 
 
 @dataclass
@@ -177,6 +178,12 @@ class CDSRec(nn.Module):
 
     def score(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
         return self(target_seq, source_seq) @ self.item_vectors().T  # (B, N+1)
+
+    def serving(self) -> Serving:
+        """The user tower to serve: ``serving_module()`` reading both histories (models/serving.py)."""
+        cfg = self.cfg
+        return Serving("user_tower", self.serving_module(), ("target", "source"), cfg.n_target, cfg.max_len,
+                       n_source_items=cfg.n_source)
 
 
 class CDSRecServing(nn.Module):

@@ -48,6 +48,7 @@ from torch.nn import functional as F
 from training.models.guru import CausalEncoder
 from training.models.layers import EncoderConfig, item_embedding
 from training.models.sasrec import best_dot, softmax_loss
+from training.models.serving import Serving
 
 SCORES = ("max", "weighted")
 
@@ -163,6 +164,13 @@ class DSS(nn.Module):
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         phi, pi = self.intents(seq)
         return intent_scores(phi, pi, self.item_vectors(), self.cfg.score)  # (B, N+1)
+
+    def serving(self) -> Serving:
+        """K intent vectors of the target history, scored by ``cfg.score`` (models/serving.py; export/dss.py
+        writes the graph)."""
+        cfg = self.cfg
+        return Serving("intents", self, ("target",), cfg.n_items, cfg.max_len, intents=cfg.intents,
+                       intent_score=cfg.score)
 
 
 def intent_scores(phi: torch.Tensor, pi: torch.Tensor, items: torch.Tensor, score: str) -> torch.Tensor:

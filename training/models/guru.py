@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.models.layers import EncoderConfig, attention_mask
+from training.models.serving import Serving
 
 
 @dataclass
@@ -204,6 +205,11 @@ class GURU(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         """(n_target + 1, D) target item vectors; row 0 is padding."""
         return self.item_emb[0].weight
+
+    def serving(self) -> Serving:
+        """A user tower reading both histories ("GUR alone", models/serving.py)."""
+        cfg = self.cfg
+        return Serving("user_tower", self, ("target", "source"), cfg.n_target, cfg.max_len, n_source_items=cfg.n_source)
 
 
 @dataclass

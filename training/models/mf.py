@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.models.serving import NotServable, Serving
+
 
 @dataclass
 class MFConfig:
@@ -59,6 +61,10 @@ class MF(nn.Module):
         """(N + 1, D + 2) augmented item vectors [v, b_i, 1]; row 0 is padding."""
         ones = torch.ones_like(self.item_bias.weight)
         return torch.cat([self.item.weight, self.item_bias.weight, ones], dim=-1)
+
+    def serving(self) -> Serving:
+        raise NotServable("MF takes user ids, so it cannot serve users the model has not seen; it is the "
+                          "pretrained base of the bridges (`cdrec train bridge`)")
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """(B,) -> (B, N + 1) scores of every item."""

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.models.layers import EncoderConfig, SequenceEncoder, item_embedding
+from training.models.serving import Serving, TargetOnly
 
 
 @dataclass
@@ -54,6 +55,10 @@ class SASRec(nn.Module):
 
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         return self(seq) @ self.item_vectors().T  # (B, N+1)
+
+    def serving(self) -> Serving:
+        """A user tower reading the target history alone (models/serving.py)."""
+        return Serving("user_tower", TargetOnly(self), ("target",), self.cfg.n_items, self.cfg.max_len)
 
 
 def softmax_loss(

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from training.data.text import DEFAULT_TEXT_MODEL
 from training.models.layers import EncoderConfig, SequenceEncoder
+from training.models.serving import Serving, TargetOnly, TextItems
 from training.models.text_items import MoEAdapter, TextItemsConfig, TextTower
 
 
@@ -114,6 +115,12 @@ class UniSRec(nn.Module):
 
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         return self(seq) @ self.item_vectors().T  # (B, N+1) cosines
+
+    def serving(self) -> Serving:
+        """A user tower reading the target history, with the text tower new items go through (models/serving.py)."""
+        cfg = self.cfg
+        return Serving("user_tower", TargetOnly(self), ("target",), cfg.n_items, cfg.max_len,
+                       text=TextItems(self.text_tower(), cfg.text_model))
 
 
 def transfer(

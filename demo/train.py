@@ -5,11 +5,11 @@ cross-domain user tower (CDSRec: the user's target sequence fused with the GUR o
 ``--model sasrec``, target domain only) with early stopping, evaluates it against popularity and single-domain
 SASRec on the held-out test items and prints the table, then trains the inductive cold-start bridge
 (source -> target) briefly. It then writes, under ``--out``, what the torch-free second half
-(``python -m service.demo up``: export, Redis, seed, serve, refresh, HTTP calls) needs: ``demo.json`` (data
+(``python -m demo.serve up``: export, Redis, seed, serve, refresh, HTTP calls) needs: ``demo.json`` (data
 spec, domains, checkpoint) and ``sequences.json`` (every user's history per domain, external ids, oldest
 first: the seed for Redis).
 
-    python -m training.demo [--data PATH] [--target-domain D] [--model cdsrec|sasrec] [--epochs N] \
+    python -m demo.train [--data PATH] [--target-domain D] [--model cdsrec|sasrec] [--epochs N] \
         [--out demo-out]
 """
 

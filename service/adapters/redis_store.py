@@ -2,7 +2,7 @@
 
 * read: one pipeline of LRANGEs, one per domain the request needs: one round trip, bounded by ``timeout_s``;
   ``read_cached`` adds the GET of the refresh job's cached vector (raw bytes, never decoded) to that pipeline;
-* append: one pipeline holding, per user, ONE call of the ``APPEND_EVENTS`` Lua script (service.append_script:
+* append: one pipeline holding, per user, ONE call of the ``APPEND_EVENTS`` Lua script (service.adapters.append_script:
   dedup by the client's ``event_id``, RPUSH, LTRIM, the user TTL; all keys under the user's hash tag), so
   each user's append is atomic, it runs unchanged on Redis Cluster, and a whole batch is still one round trip
   (EVALSHA; EVAL for the users whose reply was NOSCRIPT); then, per ``redis.durability`` /
@@ -22,7 +22,7 @@ With ``RedisSettings.cluster`` the client is redis-py's ``redis.asyncio.cluster.
 node): its pipelines split by node, every command here touches one slot, and after a failover (connection error,
 MOVED) it reloads the slot map by itself, so the service answers degraded meanwhile and recovers without restart.
 With a wait for durability (``redis.wait_replicas`` > 0, ``durability=fsync``) a cluster append goes through
-service.cluster_writes instead: per node one pipeline of its users' script calls ending with the wait, on the
+service.adapters.cluster_writes instead: per node one pipeline of its users' script calls ending with the wait, on the
 same connection, so each WAIT/WAITAOF covers exactly that node's writes.
 """
 
@@ -42,8 +42,8 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from core.redis_keys import emb_key, item_texts_key, item_vectors_key, seq_key
 from core.settings import RedisSettings
-from service.append_script import APPEND_EVENTS, APPEND_SHA, append_call
-from service.cluster_writes import NodeWrites
+from service.adapters.append_script import APPEND_EVENTS, APPEND_SHA, append_call
+from service.adapters.cluster_writes import NodeWrites
 from service.durability import WAIT_SHARE, Durability, server_version, use_waitaof
 from service.ports import Appended, BadKey, EventRecord, OutcomeUnknown, StoreUnavailable
 
@@ -104,7 +104,7 @@ class RedisSequenceStore:
         self.ttl_ms = 0 if user_ttl_s is None else max(1, round(user_ttl_s * 1000))
         self.durability = durability or Durability(timeout_ms=max(1, round(write_timeout_s * WAIT_SHARE * 1000)))
         self._waitaof: bool | None = None  # how ``fsync`` is given, once checked against the server
-        # on a cluster, a wait for durability runs per node (service.cluster_writes)
+        # on a cluster, a wait for durability runs per node (service.adapters.cluster_writes)
         waits = self.durability.mode == "fsync" or self.durability.wait_replicas > 0
         self._nodes: NodeWrites | None = None
         if waits and isinstance(client, AsyncRedisCluster):

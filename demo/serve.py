@@ -1,8 +1,8 @@
 """`make demo`, second half (torch-free): bundle -> Redis -> seed -> service -> refresh -> answers over HTTP.
 
-    python -m service.demo up   [--out demo-out] [--port 8000]    # after `python -m training.demo --out demo-out`
-    python -m service.demo down [--out demo-out]                  # `make demo-down`
-    python -m service.demo seed --out DIR --artifacts ROOT --redis-url URL   # docker-compose's `seed`
+    python -m demo.serve up   [--out demo-out] [--port 8000]    # after `python -m demo.train --out demo-out`
+    python -m demo.serve down [--out demo-out]                  # `make demo-down`
+    python -m demo.serve seed --out DIR --artifacts ROOT --redis-url URL   # docker-compose's `seed`
 
 ``up`` reads the training half's hand-off (``<out>/demo.json``, ``<out>/sequences.json``) and runs, one ``==>``
 line per stage: ``cdrec export`` and ``cdrec export verify`` into ``<out>/artifacts``; an embedded Redis (the
@@ -194,7 +194,7 @@ def up(out: Path, port: int, export_args: list[str]) -> int:
     started = time.perf_counter()
     handoff = out / "demo.json"
     if not handoff.exists():
-        print(f"demo: {handoff} is missing: run the training half first (`python -m training.demo --out {out}`)",
+        print(f"demo: {handoff} is missing: run the training half first (`python -m demo.train --out {out}`)",
               file=sys.stderr)
         return 2
     meta = json.loads(handoff.read_text())
@@ -275,7 +275,7 @@ def up(out: Path, port: int, export_args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m demo.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["up", "down", "seed"], help="seed: only load sequences.json into --redis-url")
     p.add_argument("--out", type=Path, default=Path("demo-out"))

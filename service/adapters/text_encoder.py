@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from core.manifest import TextItemsSpec
 from core.text import TextTokenizer
-from service.onnx_encoder import session_options
+from service.adapters.onnx_encoder import session_options
 from service.ports import FloatArray
 
 

@@ -1,5 +1,5 @@
 """Event writes that wait for durability on a Redis Cluster (``redis.wait_replicas`` > 0 or ``durability=fsync``
-with ``redis.cluster``), used by service.redis_store.
+with ``redis.cluster``), used by service.adapters.redis_store.
 
 WAIT and WAITAOF count the writes of their own connection, and redis-py's cluster pipeline writes through one
 connection per node that its caller cannot end with a command of its own (a keyless WAIT would go to some node,
