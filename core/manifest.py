@@ -88,6 +88,11 @@ class GraphSpec(_Strict):
     # scores its best over them (intent_score "max"). None (bundles before it, every other graph): one vector.
     intents: int | None = Field(default=None, ge=1)
     intent_score: Literal["max"] | None = None
+    # the output does not depend on leading all-padding columns: export measured max |ORT(max_len) - ORT(cut)|
+    # (trim_max_abs_diff) within the parity tolerance, so the service feeds every input cut by
+    # core.sequence.trim_padding. False (bundles before it; a graph with absolute positions): always max_len.
+    trims_padding: bool = False
+    trim_max_abs_diff: float | None = None
 
 
 class TextParityReport(_Strict):

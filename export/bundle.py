@@ -42,7 +42,16 @@ from core.manifest import (
 from export import onnx_graph
 from export.added_items import fold_added
 from export.index import BuiltIndex, IndexOptions, build_index
-from export.parity import Inputs, ParityOptions, check_parity, concat, random_inputs, real_inputs, run_torch
+from export.parity import (
+    Inputs,
+    ParityOptions,
+    check_parity,
+    concat,
+    random_inputs,
+    real_inputs,
+    run_torch,
+    trim_difference,
+)
 from export.text_items import text_graphs, write_text_items
 from export.towers import ExportError, Graph
 from export.verify import verify
@@ -382,6 +391,7 @@ def _build(
         sess = onnx_graph.session(bundle / file, opts.threads)
         try:
             report = check_parity(g, sess, built[index_of[g.name]].index, inputs[g.name], opts.parity)
+            trim = trim_difference(g, sess, inputs[g.name])  # may the service cut leading padding? (parity.py)
         except Exception as exc:  # onnxruntime rejects an input shape the torch module accepts
             failures.append(f"{g.name}: onnxruntime failed on the parity inputs ({str(exc).strip()[:300]})")
             continue
@@ -409,6 +419,8 @@ def _build(
                 parity=report,
                 intents=g.intents,
                 intent_score="max" if g.intents else None,
+                trims_padding=trim <= opts.parity.tolerance,
+                trim_max_abs_diff=trim if np.isfinite(trim) else None,
             )
         )
     # text models: the text item graph (text -> item vector) and its tokenizer, with their own parity

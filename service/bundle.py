@@ -249,7 +249,7 @@ def load_bundle(path: Path, ort_threads: int = 1, text_items: bool = True) -> Se
     level = m.onnxruntime.graph_optimization_level
 
     def open_encoder(root: Path, spec: GraphSpec) -> Encoder:
-        return OnnxEncoder(root / spec.file, spec.outputs[0].name, ort_threads, level)
+        return OnnxEncoder(root / spec.file, spec.outputs[0].name, ort_threads, level, spec.trims_padding)
 
     def open_index(root: Path, key: str) -> ItemIndex:
         return FaissItemIndex(root / m.indexes[key].file, m.indexes[key])

@@ -1,0 +1,111 @@
+"""Cutting leading padding (issue 16, onnxruntime's cost): export measures whether a graph's output depends on
+the all-padding columns before the longest real row, the manifest says so, and the service then feeds the cut
+inputs: the CDSRec tower answers the same at the cut length, a graph that reads its padding is never cut."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from core.sequence import encode_batch, trim_padding
+from export.bundle import DomainItems, export_bundle
+from export.parity import Inputs, trim_difference
+from export.towers import tower_graph
+from service.bundle import load_bundle
+from service.onnx_encoder import OnnxEncoder
+from tests.export.conftest import MAX_LEN, fast_options, make_bridge
+from training.data.interactions import Interactions
+from training.models.cdsrec import CDSRec, CDSRecConfig
+
+
+def test_trim_padding_drops_only_columns_padded_in_every_row() -> None:
+    x = encode_batch([[3, 4], [5, 6, 7, 8, 9, 1, 2, 3, 4, 5]], 20)  # longest row: 10 -> 16 columns (step 8)
+    cut = trim_padding(x)
+    assert cut.shape == (2, 16)
+    np.testing.assert_array_equal(cut, x[:, 4:])
+    assert trim_padding(np.zeros((3, 20), np.int64)).shape == (3, 8)  # all padding: the shortest bucket
+    full = encode_batch([list(range(1, 20))], 20)  # 19 items: 24 > 20 columns, so nothing is cut
+    assert trim_padding(full) is full
+
+
+@pytest.fixture(scope="module")
+def cdsrec_bundle(
+    data: Interactions, domains: dict[str, DomainItems], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    torch.manual_seed(0)
+    model = CDSRec(CDSRecConfig(n_target=data.n_items("music"), n_source=data.n_items("book"), dim=16,
+                                max_len=MAX_LEN, short_layers=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # away from the zero-initialised fusion output, so every path counts
+            p.normal_(0, 0.2)
+    meta = {"target": "music", "source": "book", "n_target_items": data.n_items("music"), "model": "cdsrec"}
+    tower = tower_graph(model, meta)
+    out = tmp_path_factory.mktemp("trim")
+    return export_bundle([tower, make_bridge(data, tower)], out, domains, fast_options(version="t1"), data.name)
+
+
+def test_export_marks_the_cdsrec_tower_and_the_bridge_as_cuttable(cdsrec_bundle: Path) -> None:
+    graphs = json.loads((cdsrec_bundle / "manifest.json").read_text())["graphs"]
+    for g in graphs:
+        assert g["trims_padding"] is True, g["name"]
+        assert g["trim_max_abs_diff"] <= g["parity"]["tolerance"]
+
+
+def test_the_service_cuts_padding_and_answers_what_the_full_length_graph_answers(
+    cdsrec_bundle: Path, domains: dict[str, DomainItems]
+) -> None:
+    served = load_bundle(cdsrec_bundle)
+    graph = served.encoders["music"]
+    assert isinstance(graph.encoder, OnnxEncoder) and graph.encoder.trim
+    spec = json.loads((cdsrec_bundle / "manifest.json").read_text())["graphs"][0]
+    full = OnnxEncoder(cdsrec_bundle / spec["file"], spec["outputs"][0]["name"])  # no cutting
+    users = sorted(domains["music"].histories)[:64]
+    ids = {d: domains[d].ids for d in ("music", "book")}
+    seqs = [
+        {d: [ids[d][i - 1] for i in domains[d].histories.get(u, np.zeros(0, np.int64))] for d in ids} for u in users
+    ]
+    feeds = [graph.feeds(s, served.catalogues) for s in seqs]
+    assert any(trim_padding(f["target_seq"]).shape[1] < MAX_LEN for f in feeds)  # some really are cut
+    for f in feeds:  # one user at a time, as an idle service runs them
+        np.testing.assert_allclose(graph.encoder(f), full(f), atol=1e-5)
+    batch = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}  # and as one micro-batch
+    np.testing.assert_allclose(graph.encoder(batch), full(batch), atol=1e-5)
+
+
+def test_a_graph_whose_output_reads_its_padding_is_not_cut(tmp_path: Path) -> None:
+    # output = the mean of the ids over every column, padding included: cutting padding changes it
+    seq = helper.make_tensor_value_info("source_seq", TensorProto.INT64, ["batch", "source_len"])
+    out = helper.make_tensor_value_info("user_vector", TensorProto.FLOAT, ["batch", 1])
+    nodes = [
+        helper.make_node("Cast", ["source_seq"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["user_vector"], axes=[1], keepdims=1),
+    ]
+    graph = helper.make_graph(nodes, "mean", [seq], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "mean.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "mean.onnx"), providers=["CPUExecutionProvider"])
+    source = encode_batch([[1, 2, 3], [4], []], 20)
+    diff = trim_difference(SimpleNamespace(kind="bridge"), sess, Inputs(None, source, 3, 0))  # type: ignore[arg-type]
+    assert diff > 1e-2  # export records trims_padding False for it (above any parity tolerance)
+
+
+def test_a_bundle_from_before_the_field_loads_and_feeds_full_length(cdsrec_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "t1"
+    shutil.copytree(cdsrec_bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for g in manifest["graphs"]:
+        del g["trims_padding"], g["trim_max_abs_diff"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    served = load_bundle(old)
+    encoder = served.encoders["music"].encoder
+    assert isinstance(encoder, OnnxEncoder) and not encoder.trim
