@@ -93,6 +93,11 @@ class GraphSpec(_Strict):
     # core.sequence.trim_padding. False (bundles before it; a graph with absolute positions): always max_len.
     trims_padding: bool = False
     trim_max_abs_diff: float | None = None
+    # onnxruntime's graph of ``file`` optimized at export at ``optimized_level`` (portable: ORT_ENABLE_EXTENDED):
+    # the file the service opens, with optimization off, so workers do not re-optimize; the parity above is
+    # measured on it. None (bundles before it): the service opens ``file`` at the manifest's onnxruntime level.
+    optimized_file: str | None = None
+    optimized_level: str | None = None
 
 
 class TextParityReport(_Strict):
@@ -238,6 +243,7 @@ class Manifest(_Strict):
                 )
         listed = set(self.files)
         wanted = {g.file for g in self.graphs} | {i.file for i in self.indexes.values()}
+        wanted |= {g.optimized_file for g in self.graphs if g.optimized_file}
         wanted |= {f for t in self.text_items.values() for f in (t.graph, t.tokenizer)}
         wanted |= {d.ids_file for d in self.domains.values()}
         wanted |= {d.popular_file for d in self.domains.values() if d.popular_file}

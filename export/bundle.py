@@ -386,9 +386,10 @@ def _build(
     graph_specs: list[GraphSpec] = []
     failures: list[str] = []
     for g in graphs:
-        file = f"{g.name}.onnx"
+        file, optimized = f"{g.name}.onnx", f"{g.name}.opt.onnx"
         onnx_graph.export_onnx(g, bundle / file, opts.opset)
-        sess = onnx_graph.session(bundle / file, opts.threads)
+        onnx_graph.save_optimized(bundle / file, bundle / optimized, opts.threads)
+        sess = onnx_graph.session(bundle / optimized, opts.threads, onnx_graph.LOADED_LEVEL)  # what serves
         try:
             report = check_parity(g, sess, built[index_of[g.name]].index, inputs[g.name], opts.parity)
             trim = trim_difference(g, sess, inputs[g.name])  # may the service cut leading padding? (parity.py)
@@ -421,6 +422,8 @@ def _build(
                 intent_score="max" if g.intents else None,
                 trims_padding=trim <= opts.parity.tolerance,
                 trim_max_abs_diff=trim if np.isfinite(trim) else None,
+                optimized_file=optimized,
+                optimized_level=onnx_graph.SAVED_LEVEL,
             )
         )
     # text models: the text item graph (text -> item vector) and its tokenizer, with their own parity

@@ -48,6 +48,7 @@ class OnnxEncoder:
     ):
         self.path = Path(path)
         self.trim = trim
+        self.optimization_level = optimization_level
         self._session = ort.InferenceSession(
             str(path), session_options(threads, optimization_level), providers=["CPUExecutionProvider"]
         )

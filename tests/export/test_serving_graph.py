@@ -1,6 +1,10 @@
-"""Cutting leading padding (issue 16, onnxruntime's cost): export measures whether a graph's output depends on
-the all-padding columns before the longest real row, the manifest says so, and the service then feeds the cut
-inputs: the CDSRec tower answers the same at the cut length, a graph that reads its padding is never cut."""
+"""The graph the service runs (issue 16, onnxruntime's cost), on a real CDSRec bundle:
+
+* cutting leading padding: export measures whether a graph's output depends on the all-padding columns before
+  the longest real row, the manifest says so, and the service then feeds the cut inputs (the CDSRec tower
+  answers the same at the cut length; a graph that reads its padding is never cut);
+* onnxruntime's optimized graph saved at export: listed with its hash, opened by the service with optimization
+  off, answering what the raw graph answers at ORT_ENABLE_ALL; a bundle from before it opens the raw graph."""
 
 from __future__ import annotations
 
@@ -109,3 +113,35 @@ def test_a_bundle_from_before_the_field_loads_and_feeds_full_length(cdsrec_bundl
     served = load_bundle(old)
     encoder = served.encoders["music"].encoder
     assert isinstance(encoder, OnnxEncoder) and not encoder.trim
+
+
+def test_export_saves_the_optimized_graph_and_the_service_opens_it_without_optimizing(cdsrec_bundle: Path) -> None:
+    manifest = json.loads((cdsrec_bundle / "manifest.json").read_text())
+    spec = manifest["graphs"][0]
+    assert spec["optimized_file"] == "user_encoder.music.opt.onnx"
+    assert spec["optimized_level"] == "ORT_ENABLE_EXTENDED"  # portable: no layout transforms of this CPU
+    assert manifest["files"][spec["optimized_file"]]["sha256"]  # hashed like every other file
+    fused = {n.op_type for n in onnx.load(str(cdsrec_bundle / spec["optimized_file"])).graph.node}
+    assert "LayerNormalization" in fused or "FusedMatMul" in fused  # really onnxruntime's optimized graph
+    served = load_bundle(cdsrec_bundle)
+    encoder = served.encoders["music"].encoder
+    assert isinstance(encoder, OnnxEncoder) and encoder.path.name == spec["optimized_file"]
+    assert encoder.optimization_level == "ORT_DISABLE_ALL"
+    raw = OnnxEncoder(cdsrec_bundle / spec["file"], spec["outputs"][0]["name"])  # ORT_ENABLE_ALL, at start
+    feeds = {"target_seq": encode_batch([[1, 2, 3], [4, 5]], MAX_LEN), "source_seq": encode_batch([[2], []], MAX_LEN)}
+    np.testing.assert_allclose(encoder(feeds), raw(feeds), atol=1e-5)
+
+
+def test_a_bundle_from_before_the_optimized_graph_opens_the_raw_one(cdsrec_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "t1"
+    shutil.copytree(cdsrec_bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for g in manifest["graphs"]:
+        (old / g.pop("optimized_file")).unlink()
+        del manifest["files"][f"{g['name']}.opt.onnx"], g["optimized_level"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    encoder = load_bundle(old).encoders["music"].encoder
+    assert isinstance(encoder, OnnxEncoder) and encoder.path.name == "user_encoder.music.onnx"
+    assert encoder.optimization_level == "ORT_ENABLE_ALL"
