@@ -52,6 +52,7 @@ from export.parity import (
     run_torch,
     trim_difference,
 )
+from export.quantize import GateOptions, Validation, gate
 from export.text_items import text_graphs, write_text_items
 from export.towers import ExportError, Graph
 from export.verify import verify
@@ -82,6 +83,10 @@ class ExportOptions:
     version: str | None = None
     switch_current: bool = True
     added_items: dict[str, dict[str, str]] = field(default_factory=dict)  # domain -> id -> text (POST /v1/items)
+    # int8 variants of the one-vector user encoders of these target domains, gated on their validation examples
+    # (export/quantize.py); empty: fp32 only
+    quantize: dict[str, Validation] = field(default_factory=dict)
+    gate: GateOptions = field(default_factory=GateOptions)
 
 
 def domains_from_data(data: Interactions) -> dict[str, DomainItems]:
@@ -402,6 +407,11 @@ def _build(
                 f"(tolerance {report.tolerance}), top-10 overlap {report.top10_overlap:.4f} "
                 f"(required {report.required_overlap}), all-padding finite {report.all_padding_finite}"
             )
+        quantized = None
+        if g.kind == "user_encoder" and g.intents is None and g.target_domain in opts.quantize:
+            index = built[index_of[g.name]].index
+            valid = opts.quantize[g.target_domain]
+            quantized = gate(g, bundle, file, sess, index, inputs[g.name], valid, opts.gate, opts.threads)
         ins, outs = onnx_graph.describe(g, sess)
         graph_specs.append(
             GraphSpec(
@@ -424,6 +434,8 @@ def _build(
                 trim_max_abs_diff=trim if np.isfinite(trim) else None,
                 optimized_file=optimized,
                 optimized_level=onnx_graph.SAVED_LEVEL,
+                quantized=quantized,
+                serving_variant="int8" if quantized is not None and quantized.passed else "fp32",
             )
         )
     # text models: the text item graph (text -> item vector) and its tokenizer, with their own parity

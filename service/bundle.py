@@ -253,13 +253,14 @@ def load_bundle(path: Path, ort_threads: int = 1, text_items: bool = True) -> Se
     level = m.onnxruntime.graph_optimization_level
 
     def open_encoder(root: Path, spec: GraphSpec) -> Encoder:
-        if spec.optimized_file is None:  # a bundle from before export saved the optimized graph
+        served = spec.optimized_file
+        if spec.serving_variant == "int8" and spec.quantized is not None:  # its gate passed (Manifest checks)
+            served = spec.quantized.file
+        if served is None:  # a bundle from before export saved the optimized graph
             return OnnxEncoder(root / spec.file, spec.outputs[0].name, ort_threads, level, spec.trims_padding)
-        encoder = OnnxEncoder(
-            root / spec.optimized_file, spec.outputs[0].name, ort_threads, PRE_OPTIMIZED_LEVEL, spec.trims_padding
-        )
+        encoder = OnnxEncoder(root / served, spec.outputs[0].name, ort_threads, PRE_OPTIMIZED_LEVEL, spec.trims_padding)
         if encoder.input_names != [t.name for t in spec.inputs]:
-            raise BundleError(root, [f"{spec.optimized_file}: inputs {encoder.input_names}, not {spec.file}'s"])
+            raise BundleError(root, [f"{served}: inputs {encoder.input_names}, not {spec.file}'s"])
         return encoder
 
     def open_index(root: Path, key: str) -> ItemIndex:

@@ -4,7 +4,9 @@
   the longest real row, the manifest says so, and the service then feeds the cut inputs (the CDSRec tower
   answers the same at the cut length; a graph that reads its padding is never cut);
 * onnxruntime's optimized graph saved at export: listed with its hash, opened by the service with optimization
-  off, answering what the raw graph answers at ORT_ENABLE_ALL; a bundle from before it opens the raw graph."""
+  off, answering what the raw graph answers at ORT_ENABLE_ALL; a bundle from before it opens the raw graph;
+* the int8 variant: written and served only when its gate (validation NDCG@10 and top-10 overlap with fp32)
+  passes; the manifest records the figures either way and refuses int8 serving without a passed gate."""
 
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from core.manifest import BundleError, read_manifest
 from core.sequence import encode_batch, trim_padding
 from export.bundle import DomainItems, export_bundle
 from export.parity import Inputs, trim_difference
+from export.quantize import GateOptions, validation
 from export.towers import tower_graph
 from service.bundle import load_bundle
 from service.onnx_encoder import OnnxEncoder
@@ -145,3 +149,64 @@ def test_a_bundle_from_before_the_optimized_graph_opens_the_raw_one(cdsrec_bundl
     encoder = load_bundle(old).encoders["music"].encoder
     assert isinstance(encoder, OnnxEncoder) and encoder.path.name == "user_encoder.music.onnx"
     assert encoder.optimization_level == "ORT_ENABLE_ALL"
+
+
+def _export_quantized(data: Interactions, domains: dict[str, DomainItems], out: Path, gate: GateOptions) -> Path:
+    torch.manual_seed(0)
+    model = CDSRec(CDSRecConfig(n_target=data.n_items("music"), n_source=data.n_items("book"), dim=16,
+                                max_len=MAX_LEN, short_layers=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    meta = {"target": "music", "source": "book", "n_target_items": data.n_items("music"), "model": "cdsrec"}
+    opts = fast_options(version="q1", quantize={"music": validation(data, "music")}, gate=gate)
+    return export_bundle([tower_graph(model, meta)], out, domains, opts, data.name)
+
+
+def test_an_int8_graph_that_passes_its_gate_is_written_and_served(
+    data: Interactions, domains: dict[str, DomainItems], tmp_path: Path
+) -> None:
+    bundle = _export_quantized(data, domains, tmp_path, GateOptions(max_drop=1.0, min_overlap=0.0))
+    spec = read_manifest(bundle).graphs[0]
+    q = spec.quantized
+    assert q is not None and q.passed and q.file == "user_encoder.music.int8.onnx" and spec.serving_variant == "int8"
+    assert q.split == "valid" and q.users > 0 and 0 <= q.ndcg10_quantized <= 1 and 0 < q.ndcg10_fp32 <= 1
+    ops = {n.op_type for n in onnx.load(str(bundle / q.file)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # really int8 matmuls
+    encoder = load_bundle(bundle).encoders["music"].encoder
+    assert isinstance(encoder, OnnxEncoder) and encoder.path.name == q.file
+    fp32 = OnnxEncoder(bundle / spec.file, spec.outputs[0].name)
+    feeds = {"target_seq": encode_batch([[1, 2, 3], [4, 5]], MAX_LEN), "source_seq": encode_batch([[2], []], MAX_LEN)}
+    got, want = encoder(feeds), fp32(feeds)
+    assert not np.allclose(got, want, atol=1e-6)  # the int8 graph, not the fp32 one, answered
+    np.testing.assert_allclose(got, want, atol=max(0.05, 2 * q.max_abs_diff_vs_fp32))
+
+
+def test_an_int8_graph_that_fails_its_gate_is_left_out_and_fp32_serves(
+    data: Interactions, domains: dict[str, DomainItems], tmp_path: Path
+) -> None:
+    bundle = _export_quantized(data, domains, tmp_path, GateOptions(min_overlap=1.01))  # no graph can pass
+    spec = read_manifest(bundle).graphs[0]
+    assert spec.quantized is not None and not spec.quantized.passed and spec.quantized.file is None
+    assert spec.serving_variant == "fp32" and not (bundle / "user_encoder.music.int8.onnx").exists()
+    encoder = load_bundle(bundle).encoders["music"].encoder
+    assert isinstance(encoder, OnnxEncoder) and encoder.path.name == spec.optimized_file
+
+
+def test_a_manifest_that_serves_int8_without_a_passed_gate_is_refused(cdsrec_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "t1"
+    shutil.copytree(cdsrec_bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["graphs"][0]["serving_variant"] = "int8"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="serves int8 but records no int8 graph that passed its gate"):
+        load_bundle(bad)
+
+
+def test_export_cli_refuses_quantize_without_data(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from export.cli import main
+
+    assert main(["--checkpoint", str(tmp_path / "x.pt"), "--quantize", "int8"]) == 2
+    assert "--quantize needs --data" in capsys.readouterr().err
