@@ -29,7 +29,8 @@ search, merged by best score); ``× warm`` is its req/s over recommend-warm's at
 The per-stage profile then has a ``<index> dss`` block too (its "faiss" stage: the K-query search and merge).
 ``--levers-off`` adds ``recommend-warm-levers-off``: the same bundle, copied with issue 16's onnxruntime levers
 turned off in its manifest (inputs at full max_len, the raw graph optimized at start), served beside it in
-the same run, with its own block in the profile.
+the same run; the profile then also runs each request's feeds through that bundle's encoder, right after the
+served one (row "onnxruntime, levers off (reference)").
 ``--only-dss`` runs those two rows alone (no baselines, no half-peak) and records them under split
 ``loopback-dss`` beside the other serve records (kept), in a section of their own in docs/results.md.
 """
@@ -551,15 +552,12 @@ def main(argv: list[str] | None = None) -> int:
     redis_proc, redis_url = start_redis()
     try:
         users = seed_users(redis_url, ns)
-        both = {k: profile_stages(roots[k], redis_url, users["w"]) for k in kinds}
+        off_roots = {k: levers_off(roots[k]) if ns.levers_off else None for k in kinds}
+        both = {k: profile_stages(roots[k], redis_url, users["w"], off=off_roots[k]) for k in kinds}
         profile = {k: medians for k, (medians, _) in both.items()}
         for k, dss_root in dss_roots.items():  # the same stages with K intent vectors: encoder and search apart
             if dss_root is not None:
                 profile[f"{k} dss"] = profile_stages(dss_root, redis_url, users["w"])[0]
-        off_roots = {k: levers_off(roots[k]) if ns.levers_off else None for k in kinds}
-        for k, off in off_roots.items():
-            if off is not None:
-                profile[f"{k} levers off"] = profile_stages(off, redis_url, users["w"])[0]
         rows = [row for k in kinds for row in measure(ns, k, roots[k], redis_url, users, dss_roots[k], off_roots[k])]
         if not ns.only_dss:
             rows += [floor_row(k, rows, both[k][1], ns.workers) for k in kinds]

@@ -210,3 +210,20 @@ def test_export_cli_refuses_quantize_without_data(capsys: pytest.CaptureFixture[
 
     assert main(["--checkpoint", str(tmp_path / "x.pt"), "--quantize", "int8"]) == 2
     assert "--quantize needs --data" in capsys.readouterr().err
+
+
+def test_bench_serves_a_levers_off_copy_at_full_length_from_the_raw_graph(cdsrec_bundle: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from bench.serve import levers_off
+
+    root = tmp_path / "hnsw"
+    root.mkdir()
+    shutil.copytree(cdsrec_bundle, root / "t1")
+    os.symlink("t1", root / "current")
+    off = levers_off(root)
+    assert (root / "current").resolve() == (root / "t1").resolve()  # the served bundle is left as it was
+    encoder = load_bundle(off / "current").encoders["music"].encoder
+    assert isinstance(encoder, OnnxEncoder) and not encoder.trim and encoder.path.name == "user_encoder.music.onnx"
+    assert encoder.optimization_level == "ORT_ENABLE_ALL"
