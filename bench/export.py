@@ -226,26 +226,27 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record(BENCH, data.name, f"items={r['items']}", model, metric, [r[metric]]))
 
     device = f"torch {torch.__version__}, 1 thread each; ORT {manifest.libraries['onnxruntime']}"
-    text = "\n".join(
-        [
-            f"## Export: {data.name} ({device})",
-            "",
-            "```",
-            " ".join(["python -m bench.export", *(argv or sys.argv[1:])]),
-            "```",
-            "",
-            *lat_lines,
-            "",
-            *idx_lines,
-            "",
-            f"(short): no efSearch / nprobe tried reached recall@10 {ns.min_recall}; `cdrec export` refuses that.",
-            "Grown catalogues are real vectors plus noise: a stress test of approximate search.",
-        ]
-    )
+    body = [
+        *lat_lines,
+        "",
+        *idx_lines,
+        "",
+        f"(short): no efSearch / nprobe tried reached recall@10 {ns.min_recall}; `cdrec export` refuses that.",
+        "Grown catalogues are real vectors plus noise: a stress test of approximate search.",
+    ]
+    return publish(BENCH, f"Export: {data.name} ({device})", argv, body, records, ns.no_write)
+
+
+def publish(
+    bench: str, title: str, argv: list[str] | None, body: list[str], records: list[dict[str, Any]], no_write: bool
+) -> int:
+    """Print the section (its title, the command, the body) and, unless ``no_write``, record it under ``bench``."""
+    command = " ".join(["python -m bench.export", *(argv or sys.argv[1:])])
+    text = "\n".join([f"## {title}", "", "```", command, "```", "", *body])
     print(text)
-    if not ns.no_write:
-        update_json(BENCH, records)
-        update_markdown(BENCH, text)
+    if not no_write:
+        update_json(bench, records)
+        update_markdown(bench, text)
     return 0
 
 
@@ -256,25 +257,14 @@ def _variants(graphs: list[Graph], manifest: Any, bundle: Path, domains: Any, da
 
     lines, records = variant_section(graphs, manifest, bundle, domains, data, ns.repeats, bool(ns.checkpoint))
     device = f"ORT {manifest.libraries['onnxruntime']}, 1 thread; load average {os.getloadavg()[0]:.2f} at the end"
-    text = "\n".join(
-        [
-            f"## Export: serving graph variants, {data.name} ({device})",
-            "",
-            "```",
-            " ".join(["python -m bench.export", *(argv or sys.argv[1:])]),
-            "```",
-            "",
-            "Median ms per onnxruntime call on real users' sequences (`cut`: leading padding dropped, as the service "
-            "feeds a graph whose manifest says `trims_padding`); session: seconds to open the graph.",
-            "",
-            *lines,
-        ]
-    )
-    print(text)
-    if not ns.no_write:
-        update_json(VARIANTS, records)
-        update_markdown(VARIANTS, text)
-    return 0
+    body = [
+        "Median ms per onnxruntime call on real users' sequences (`cut`: leading padding dropped, as the service "
+        "feeds a graph whose manifest says `trims_padding`); session: seconds to open the graph.",
+        "",
+        *lines,
+    ]
+    return publish(VARIANTS, f"Export: serving graph variants, {data.name} ({device})", argv, body, records,
+                   ns.no_write)
 
 
 if __name__ == "__main__":
