@@ -258,7 +258,13 @@ def load_bundle(path: Path, ort_threads: int = 1, text_items: bool = True) -> Se
             served = spec.quantized.file
         if served is None:  # a bundle from before export saved the optimized graph
             return OnnxEncoder(root / spec.file, spec.outputs[0].name, ort_threads, level, spec.trims_padding)
-        encoder = OnnxEncoder(root / served, spec.outputs[0].name, ort_threads, PRE_OPTIMIZED_LEVEL, spec.trims_padding)
+        # verify_bundle's deep check opened ``file``; the served file gets its own check here
+        try:
+            encoder = OnnxEncoder(
+                root / served, spec.outputs[0].name, ort_threads, PRE_OPTIMIZED_LEVEL, spec.trims_padding
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise BundleError(root, [f"{served}: onnxruntime cannot load it ({str(exc).strip()[:200]})"]) from exc
         if encoder.input_names != [t.name for t in spec.inputs]:
             raise BundleError(root, [f"{served}: inputs {encoder.input_names}, not {spec.file}'s"])
         return encoder

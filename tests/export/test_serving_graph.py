@@ -227,3 +227,24 @@ def test_bench_serves_a_levers_off_copy_at_full_length_from_the_raw_graph(cdsrec
     encoder = load_bundle(off / "current").encoders["music"].encoder
     assert isinstance(encoder, OnnxEncoder) and not encoder.trim and encoder.path.name == "user_encoder.music.onnx"
     assert encoder.optimization_level == "ORT_ENABLE_ALL"
+
+
+def test_an_unreadable_optimized_graph_is_refused_by_verify_and_by_the_service(
+    cdsrec_bundle: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from core.manifest import sha256_file
+    from export.verify import verify
+
+    bad = tmp_path / "t1"
+    shutil.copytree(cdsrec_bundle, bad)
+    opt = bad / "user_encoder.music.opt.onnx"
+    opt.write_bytes(b"not an onnx graph")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["files"][opt.name] = {"bytes": opt.stat().st_size, "sha256": sha256_file(opt)}  # hashes agree
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"user_encoder\.music\.opt\.onnx: onnxruntime cannot load it"):
+        verify(bad)
+    with pytest.raises(BundleError, match=r"user_encoder\.music\.opt\.onnx: onnxruntime cannot load it"):
+        load_bundle(bad)
