@@ -9,7 +9,8 @@ quantized here whatever the export's gate decided). Per graph: session creation 
 call at batch 1 and 8 on real users' sequences fed at full ``max_len`` and cut by core.sequence.trim_padding
 (what the service feeds when the manifest says ``trims_padding``), and, with a trained checkpoint on real data,
 NDCG@10 of each graph through onnxruntime on the validation split (the one export's gate reads) and on test
-(reported beside it, never used to decide). Records go to docs/results.json under bench ``export-variants``.
+(reported beside it, never used to decide), and the node count of each graph as onnxruntime runs it. Records
+go to docs/results.json under bench ``export-variants``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -51,6 +54,19 @@ class OrtTower(torch.nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         return self.items
+
+
+def _nodes(path: Path, level: str) -> str:
+    """The node count of the graph onnxruntime runs (optimized at ``level``) and its most frequent op types:
+    at batch 1 the call cost is mostly per-node overhead, not arithmetic (the shape bookkeeping of the traced
+    dynamic axes: Unsqueeze, Gather, Concat, Slice, Reshape, Shape)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = onnx_graph._options(level, 1)
+        options.optimized_model_filepath = str(Path(tmp) / "run.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(str(Path(tmp) / "run.onnx")).graph.node)
+    top = ", ".join(f"{op} {n}" for op, n in ops.most_common(8))
+    return f"{sum(ops.values())} nodes ({top}, ...)"
 
 
 def _session_s(path: Path, level: str, repeats: int = 5) -> float:
@@ -130,6 +146,8 @@ def variant_section(
                                       "p50_ms", [ms]))
             for name, value in q.items():
                 records.append(record(BENCH, data.name, task, model, "NDCG@10", [value], split=name))
+        lines.append("")
+        lines += [f"- {v}: {_nodes(p, level)}" for v, (p, level) in paths.items()]
         gate = spec.quantized
         if gate is not None:
             lines.append(
