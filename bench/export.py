@@ -12,12 +12,16 @@ sequences at full length; the ratio is torch / onnxruntime from the same run. In
 the bundle's real item vectors and on a 100k-item catalogue grown from them (clustered copies), recall@10
 against exact search with the real users' vectors as queries, batch-1 search latency on 1 thread.
 Writes docs/results.json (bench "export") and a table in docs/results.md.
+
+``--variants`` runs only bench/export_variants.py's table instead (raw vs saved optimized vs int8 graph, full
+length vs cut, NDCG@10 on valid and test), recorded as bench "export-variants".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -37,6 +41,7 @@ from export import onnx_graph
 from export.bundle import ExportOptions, domains_from_data, export_bundle
 from export.index import IndexChoice, IndexOptions, build_index, recall_at_10
 from export.parity import ParityOptions, run_ort, run_torch
+from export.quantize import validation
 from export.towers import Graph, MeanPoolBridge, bridge_graph, load_bridge, load_tower, tower_graph
 from training.data.interactions import Interactions
 from training.data.source import load_data
@@ -143,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--catalogue", type=int, default=100_000, help="size of the grown catalogue; 0 skips it")
     p.add_argument("--min-recall", type=float, default=0.95)
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="only the serving graphs of each user encoder side by side (bench/export_variants.py): raw, saved "
+        "optimized, int8; session and call times, max_len vs cut; NDCG@10 valid/test with --checkpoint",
+    )
     ns = p.parse_args(argv)
     torch.set_num_threads(1)
     data = load_data(ns.data)
@@ -151,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     domains = domains_from_data(data)
     out = Path(tempfile.mkdtemp(prefix="cdrec-bench-export-"))
     opts = ExportOptions(parity=ParityOptions(), version="bench")
+    if ns.variants and ns.checkpoint:  # the int8 gate, as `cdrec export --quantize int8` runs it
+        opts.quantize = {g.target_domain: validation(data, g.target_domain) for g in graphs if g.kind == "user_encoder"}
     bundle = export_bundle(graphs, out, domains, opts, data.name)
     manifest = read_manifest(bundle)
+    if ns.variants:
+        return _variants(graphs, manifest, bundle, domains, data, ns, argv)
 
     records: list[dict[str, Any]] = []
     lat_lines = [
@@ -211,27 +226,45 @@ def main(argv: list[str] | None = None) -> int:
             records.append(record(BENCH, data.name, f"items={r['items']}", model, metric, [r[metric]]))
 
     device = f"torch {torch.__version__}, 1 thread each; ORT {manifest.libraries['onnxruntime']}"
-    text = "\n".join(
-        [
-            f"## Export: {data.name} ({device})",
-            "",
-            "```",
-            " ".join(["python -m bench.export", *(argv or sys.argv[1:])]),
-            "```",
-            "",
-            *lat_lines,
-            "",
-            *idx_lines,
-            "",
-            f"(short): no efSearch / nprobe tried reached recall@10 {ns.min_recall}; `cdrec export` refuses that.",
-            "Grown catalogues are real vectors plus noise: a stress test of approximate search.",
-        ]
-    )
+    body = [
+        *lat_lines,
+        "",
+        *idx_lines,
+        "",
+        f"(short): no efSearch / nprobe tried reached recall@10 {ns.min_recall}; `cdrec export` refuses that.",
+        "Grown catalogues are real vectors plus noise: a stress test of approximate search.",
+    ]
+    return publish(BENCH, f"Export: {data.name} ({device})", argv, body, records, ns.no_write)
+
+
+def publish(
+    bench: str, title: str, argv: list[str] | None, body: list[str], records: list[dict[str, Any]], no_write: bool
+) -> int:
+    """Print the section (its title, the command, the body) and, unless ``no_write``, record it under ``bench``."""
+    command = " ".join(["python -m bench.export", *(argv or sys.argv[1:])])
+    text = "\n".join([f"## {title}", "", "```", command, "```", "", *body])
     print(text)
-    if not ns.no_write:
-        update_json(BENCH, records)
-        update_markdown(BENCH, text)
+    if not no_write:
+        update_json(bench, records)
+        update_markdown(bench, text)
     return 0
+
+
+def _variants(graphs: list[Graph], manifest: Any, bundle: Path, domains: Any, data: Interactions,
+              ns: argparse.Namespace, argv: list[str] | None) -> int:
+    from bench.export_variants import BENCH as VARIANTS
+    from bench.export_variants import variant_section
+
+    lines, records = variant_section(graphs, manifest, bundle, domains, data, ns.repeats, bool(ns.checkpoint))
+    device = f"ORT {manifest.libraries['onnxruntime']}, 1 thread; load average {os.getloadavg()[0]:.2f} at the end"
+    body = [
+        "Median ms per onnxruntime call on real users' sequences (`cut`: leading padding dropped, as the service "
+        "feeds a graph whose manifest says `trims_padding`); session: seconds to open the graph.",
+        "",
+        *lines,
+    ]
+    return publish(VARIANTS, f"Export: serving graph variants, {data.name} ({device})", argv, body, records,
+                   ns.no_write)
 
 
 if __name__ == "__main__":

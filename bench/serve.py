@@ -27,6 +27,10 @@ user encoder of the same dims (training/models/dss.py: dim 64, 2 layers, max_len
 in place of the CDSRec one, so it answers with multi-interest retrieval (K intent vectors, one batched FAISS
 search, merged by best score); ``× warm`` is its req/s over recommend-warm's at the same concurrency, same run.
 The per-stage profile then has a ``<index> dss`` block too (its "faiss" stage: the K-query search and merge).
+``--levers-off`` adds ``recommend-warm-levers-off``: the same bundle, copied with issue 16's onnxruntime levers
+turned off in its manifest (inputs at full max_len, the raw graph optimized at start), served beside it in
+the same run; the profile then also runs each request's feeds through that bundle's encoder, right after the
+served one (row "onnxruntime, levers off (reference)").
 ``--only-dss`` runs those two rows alone (no baselines, no half-peak) and records them under split
 ``loopback-dss`` beside the other serve records (kept), in a section of their own in docs/results.md.
 """
@@ -101,8 +105,9 @@ def build_bundles(ns: argparse.Namespace, kinds: list[str], dss: bool = False) -
     """An artifacts root per index kind (cached): the same graphs, the same data, flat or HNSW. ``dss``: the
     user encoder is a DSS tower (``dss_tower``, ``ns.intents`` intents) instead of the CDSRec one."""
     prefix = f"dss{ns.intents}-" if dss else ""
-    # "-t2": the trained-size towers of bench.export (issue 16): a cache of the older, smaller towers is not reused
-    roots = {k: ns.cache / f"{prefix}{k}-{ns.items}-{ns.users}-t2" for k in kinds}
+    # "-t2": the trained-size towers of bench.export (issue 16): a cache of the older, smaller towers is not reused;
+    # "-t3": manifests that say trims_padding and carry the saved optimized graphs
+    roots = {k: ns.cache / f"{prefix}{k}-{ns.items}-{ns.users}-t3" for k in kinds}
     todo = [k for k, r in roots.items() if not (r / "current").exists()]
     if not todo:
         return roots
@@ -128,6 +133,22 @@ def build_bundles(ns: argparse.Namespace, kinds: list[str], dss: bool = False) -
         export_bundle(graphs, roots[kind], domains, opts, data.name)
         print(f"exported the {prefix}{kind} bundle in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return roots
+
+
+def levers_off(root: Path) -> Path:
+    """A copy of the artifacts root whose manifest turns issue 16's onnxruntime levers off: inputs fed at full
+    max_len (trims_padding false), the raw graph optimized at start (no optimized_file), fp32. The same graphs
+    and index: the ``recommend-warm-levers-off`` row is the warm path as it ran before them, in the same run."""
+    off = root.with_name(root.name + "-levers-off")
+    if not (off / "current").exists():
+        shutil.rmtree(off, ignore_errors=True)
+        shutil.copytree(root, off, symlinks=True)
+    bundle = (off / "current").resolve()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for g in manifest["graphs"]:
+        g.update(trims_padding=False, optimized_file=None, serving_variant="fp32")
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return off
 
 
 def dss_tower(data: Any, intents: int) -> Any:
@@ -274,7 +295,13 @@ def fallbacks(url: str) -> int:
 
 
 def measure(
-    ns: argparse.Namespace, kind: str, root: Path, redis_url: str, users: dict[str, int], dss_root: Path | None = None
+    ns: argparse.Namespace,
+    kind: str,
+    root: Path,
+    redis_url: str,
+    users: dict[str, int],
+    dss_root: Path | None = None,
+    off_root: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Start the servers, then run every target at every concurrency, interleaved in ``ns.rounds`` rounds (a
     load spike from the box's other jobs then hits every target alike); a row keeps each figure's median."""
@@ -301,6 +328,10 @@ def measure(
         procs.append(start_server(service_cmd(ns, dss_root, dss_port, redis_url), dss_port, "/readyz", env))
         targets["recommend-dss"] = (f"http://127.0.0.1:{dss_port}", *targets["recommend-warm"][1:])
         check_strategy(targets["recommend-dss"][0], "dss")
+    if off_root is not None:  # the same users and graphs, issue 16's onnxruntime levers off (levers_off)
+        off_port = free_port()
+        procs.append(start_server(service_cmd(ns, off_root, off_port, redis_url), off_port, "/readyz", env))
+        targets["recommend-warm-levers-off"] = (f"http://127.0.0.1:{off_port}", *targets["recommend-warm"][1:])
     if ns.only_dss:
         targets = {t: targets[t] for t in ("recommend-warm", "recommend-dss")}
     if ns.compare_inline and not ns.only_dss:  # the same service, ORT + FAISS on the event loop (executor_threads 0)
@@ -385,7 +416,8 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
         served = r["target"].startswith("recommend") and not paced
         r["ratio_vs_naive"] = r["req/s"] / naive["req/s"] if naive and served else None
         warm = same.get("recommend-warm")  # multi-interest retrieval against the single-vector path, same run
-        r["ratio_vs_warm"] = r["req/s"] / warm["req/s"] if warm and r["target"] == "recommend-dss" else None
+        vs_warm = r["target"] in ("recommend-dss", "recommend-warm-levers-off")
+        r["ratio_vs_warm"] = r["req/s"] / warm["req/s"] if warm and vs_warm else None
         lines.append(
             f"| {r['index']} | {r['target']} | {r['c'] or ''} | {r['req/s']:.0f} | {r['p50_ms']:.2f} | "
             f"{'' if r['p99_ms'] != r['p99_ms'] else format(r['p99_ms'], '.2f')} | {_fmt(r['ratio_vs_noop'])} | "
@@ -417,7 +449,10 @@ def report(ns: argparse.Namespace, rows: list[dict[str, Any]], profile: dict[str
             "`inline`: the same service with ORT + FAISS called on the event loop (executor_threads 0). "
             f"`recommend-dss`: the warm users served by a bundle whose user encoder is DSS ({ns.intents} intent "
             "vectors, dim 64, one batched FAISS search merged by best score); `× warm`: its req/s over "
-            "recommend-warm's (the CDSRec single-vector path) at the same concurrency.",
+            "recommend-warm's (the CDSRec single-vector path) at the same concurrency. "
+            "`recommend-warm-levers-off` (--levers-off): the same bundle with issue 16's onnxruntime levers off in "
+            "its manifest (full max_len, raw graph optimized at start); its `× warm` is its req/s over "
+            "recommend-warm's.",
             "",
             *lines,
             *(shares(rows) if any(r["target"] == "floor" for r in rows) else []),
@@ -467,7 +502,9 @@ def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.2f}"
 
 
-def records(rows: list[dict[str, Any]], dataset: str, split: str = "loopback") -> list[dict[str, Any]]:
+def records(
+    rows: list[dict[str, Any]], dataset: str, split: str = "loopback", bench: str = BENCH
+) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         model = f"{r['target']}:{r['index']}"
@@ -475,7 +512,7 @@ def records(rows: list[dict[str, Any]], dataset: str, split: str = "loopback") -
         for metric in ("req/s", "p50_ms", "p99_ms", "ratio_vs_noop", "ratio_vs_naive", "share_of_floor",
                        "ratio_vs_read_only", "ratio_vs_warm"):
             if r.get(metric) is not None and r[metric] == r[metric]:  # the floor row has no p99 (NaN)
-                out.append(record(BENCH, dataset, task, model, metric, [r[metric]], split=split))
+                out.append(record(bench, dataset, task, model, metric, [r[metric]], split=split))
     return out
 
 
@@ -496,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dss", action="store_true", help="add the recommend-dss row (a DSS bundle, same users)")
     p.add_argument("--only-dss", action="store_true", help="only recommend-warm and recommend-dss (implies --dss)")
     p.add_argument("--intents", type=int, default=4, help="K of the DSS tower (--dss)")
+    p.add_argument("--section", help="record under bench serve-SECTION (its own docs section), not serve")
+    p.add_argument("--levers-off", action="store_true",
+                   help="add recommend-warm-levers-off: the same bundle, issue 16's onnxruntime levers off")
     ns = p.parse_args(argv)
     ns.argv = list(sys.argv[1:] if argv is None else argv)
     ns.concurrency = [int(c) for c in ns.concurrency.split(",")]
@@ -512,12 +552,13 @@ def main(argv: list[str] | None = None) -> int:
     redis_proc, redis_url = start_redis()
     try:
         users = seed_users(redis_url, ns)
-        both = {k: profile_stages(roots[k], redis_url, users["w"]) for k in kinds}
+        off_roots = {k: levers_off(roots[k]) if ns.levers_off else None for k in kinds}
+        both = {k: profile_stages(roots[k], redis_url, users["w"], off=off_roots[k]) for k in kinds}
         profile = {k: medians for k, (medians, _) in both.items()}
         for k, dss_root in dss_roots.items():  # the same stages with K intent vectors: encoder and search apart
             if dss_root is not None:
                 profile[f"{k} dss"] = profile_stages(dss_root, redis_url, users["w"])[0]
-        rows = [row for k in kinds for row in measure(ns, k, roots[k], redis_url, users, dss_roots[k])]
+        rows = [row for k in kinds for row in measure(ns, k, roots[k], redis_url, users, dss_roots[k], off_roots[k])]
         if not ns.only_dss:
             rows += [floor_row(k, rows, both[k][1], ns.workers) for k in kinds]
     finally:
@@ -527,7 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not ns.no_write:
         dataset = f"synthetic({ns.items} items, {ns.users} users)"
-        if ns.only_dss:  # a partial run: the full run's serve records stay, this run's replace its own
+        if ns.section:  # a run of its own (e.g. on a busy box): the full run's records and section stay
+            update_json(f"{BENCH}-{ns.section}", records(rows, dataset, bench=f"{BENCH}-{ns.section}"))
+            update_markdown(f"{BENCH}-{ns.section}", text)
+        elif ns.only_dss:  # a partial run: the full run's serve records stay, this run's replace its own
             kept = [r for r in _serve_records() if r.get("split") != DSS_SPLIT]
             update_json(BENCH, kept + records(rows, dataset, DSS_SPLIT))
             update_markdown(f"{BENCH}-dss", text)

@@ -22,7 +22,8 @@ from core.settings import RedisSettings
 
 WHOLE = "Recommender.recommend, whole"
 PLAIN = "faiss, no exclusion (reference)"  # the same vector searched without the seen filter: what the filter costs
-REFERENCE = (WHOLE, PLAIN)  # rows beside the stages: not summed into their total or the floor
+OFF = "onnxruntime, levers off (reference)"  # the same feeds through the levers-off bundle's encoder (bench.serve)
+REFERENCE = (WHOLE, PLAIN, OFF)  # rows beside the stages: not summed into their total or the floor
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
@@ -48,12 +49,17 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def profile_stages(root: Path, redis_url: str, n_users: int, n: int = 400) -> tuple[dict[str, float], dict[str, float]]:
-    """(median, minimum) microseconds per stage; the minimums make bench.serve's ``floor`` row."""
-    return asyncio.run(_profile(root, redis_url, n_users, n))
+def profile_stages(
+    root: Path, redis_url: str, n_users: int, n: int = 400, off: Path | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median, minimum) microseconds per stage; the minimums make bench.serve's ``floor`` row. ``off``: an
+    artifacts root whose encoder also runs on every request's feeds, right after the served one (row OFF)."""
+    return asyncio.run(_profile(root, redis_url, n_users, n, off))
 
 
-async def _profile(root: Path, redis_url: str, n_users: int, n: int) -> tuple[dict[str, float], dict[str, float]]:
+async def _profile(
+    root: Path, redis_url: str, n_users: int, n: int, off: Path | None
+) -> tuple[dict[str, float], dict[str, float]]:
     from service.adapters.faiss_index import set_threads
     from service.adapters.redis_store import RedisSequenceStore
     from service.bundle import load_bundle
@@ -66,8 +72,10 @@ async def _profile(root: Path, redis_url: str, n_users: int, n: int) -> tuple[di
     index, cat = bundle.indexes[graph.index], bundle.catalogues["music"]
     needed = list(dict.fromkeys(["music", *graph.read_domains()]))
     rng = random.Random(0)
+    other = None if off is None else load_bundle(current_bundle(off), ort_threads=1).encoders["music"].encoder
+    off_us = 0.0
     times: dict[str, list[float]] = {
-        s: [] for s in ("redis", "ids -> arrays", "onnxruntime", "faiss + seen filter", "json", WHOLE, PLAIN)
+        s: [] for s in ("redis", "ids -> arrays", "onnxruntime", "faiss + seen filter", "json", WHOLE, PLAIN, OFF)
     }
     with ThreadPoolExecutor(1, initializer=set_threads, initargs=(1,)) as pool:
         rec = Recommender(bundle, store, pool)
@@ -80,11 +88,15 @@ async def _profile(root: Path, redis_url: str, n_users: int, n: int) -> tuple[di
             seen = set(cat.known_rows(seqs["music"]))
             t2 = time.perf_counter()
             vector = graph.encoder(feeds)[0]
-            t3 = time.perf_counter()
+            t3 = t3s = time.perf_counter()
+            if other is not None:  # the same feeds, levers off: interleaved, so load drift hits both alike
+                other(feeds)
+                t3s = time.perf_counter()
+                off_us = (t3s - t3) * 1e6
             # the plain search runs before or after the filtered one, turn about: the second search of a vector
             # finds the graph's nodes in cache, and that must not count for either
             if i % 2:
-                start = t3
+                start = t3s
                 rows, scores = index.search(vector, 10, seen)
                 t4 = time.perf_counter()
                 index.search(vector, 10, set())
@@ -92,7 +104,7 @@ async def _profile(root: Path, redis_url: str, n_users: int, n: int) -> tuple[di
             else:
                 index.search(vector, 10, set())
                 start = time.perf_counter()
-                plain = start - t3
+                plain = start - t3s
                 rows, scores = index.search(vector, 10, seen)
                 t4 = time.perf_counter()
             t4b = time.perf_counter()
@@ -101,9 +113,11 @@ async def _profile(root: Path, redis_url: str, n_users: int, n: int) -> tuple[di
             await rec.recommend(user, "music", 10)
             t6 = time.perf_counter()
             if i >= 20:  # the first calls warm caches
-                for stage, (a, b) in zip(
-                    times, ((t0, t1), (t1, t2), (t2, t3), (start, t4), (t4b, t5), (t5, t6), (0.0, plain)), strict=True
-                ):
+                spans = ((t0, t1), (t1, t2), (t2, t3), (start, t4), (t4b, t5), (t5, t6), (0.0, plain))
+                for stage, (a, b) in zip(list(times)[: len(spans)], spans, strict=True):
                     times[stage].append((b - a) * 1e6)
+                if other is not None:
+                    times[OFF].append(off_us)
     await store.aclose()
+    times = {stage: v for stage, v in times.items() if v}
     return {stage: statistics.median(v) for stage, v in times.items()}, {stage: min(v) for stage, v in times.items()}

@@ -68,6 +68,24 @@ class ParityReport(_Strict):
     all_padding_finite: bool
 
 
+class QuantizedSpec(_Strict):
+    """A quantized variant of a user encoder and the export's gate on it (export/quantize.py): NDCG@10 on the
+    VALIDATION split against the fp32 graph's, and top-10 overlap with fp32 on the parity inputs (a quantized
+    graph is compared with fp32 at a tolerance that matches quantization, never the fp32 parity's 1e-4)."""
+
+    method: Literal["int8-dynamic"]
+    file: str | None  # written into the bundle only when the gate passed
+    split: Literal["valid"]
+    users: int
+    ndcg10_fp32: float
+    ndcg10_quantized: float
+    max_drop: float  # relative NDCG@10 loss allowed
+    max_abs_diff_vs_fp32: float
+    top10_overlap_vs_fp32: float
+    required_overlap: float
+    passed: bool
+
+
 class GraphSpec(_Strict):
     name: str  # "user_encoder.<domain>" or "bridge.<src>__<dst>"
     kind: GraphKind
@@ -86,6 +104,20 @@ class GraphSpec(_Strict):
     # scores its best over them (intent_score "max"). None (bundles before it, every other graph): one vector.
     intents: int | None = Field(default=None, ge=1)
     intent_score: Literal["max"] | None = None
+    # the output does not depend on leading all-padding columns: export measured max |ORT(max_len) - ORT(cut)|
+    # (trim_max_abs_diff) within the parity tolerance, so the service feeds every input cut by
+    # core.sequence.trim_padding. False (bundles before it; a graph with absolute positions): always max_len.
+    trims_padding: bool = False
+    trim_max_abs_diff: float | None = None
+    # onnxruntime's graph of ``file`` optimized at export at ``optimized_level`` (portable: ORT_ENABLE_EXTENDED):
+    # the file the service opens, with optimization off, so workers do not re-optimize; the parity above is
+    # measured on it. None (bundles before it): the service opens ``file`` at the manifest's onnxruntime level.
+    optimized_file: str | None = None
+    optimized_level: str | None = None
+    # the int8 variant export measured (``cdrec export --quantize int8``) and which graph serves: "int8" only when
+    # its gate passed (then ``quantized.file`` is in the bundle, optimized like ``optimized_file``)
+    quantized: QuantizedSpec | None = None
+    serving_variant: Literal["fp32", "int8"] = "fp32"
 
 
 class TextParityReport(_Strict):
@@ -204,6 +236,8 @@ class Manifest(_Strict):
                 )
             elif g.intents is None and g.intent_score is not None:
                 problems.append(f"graph {g.name} has an intent_score but no intents")
+            if g.serving_variant == "int8" and (g.quantized is None or not g.quantized.passed or not g.quantized.file):
+                problems.append(f"graph {g.name} serves int8 but records no int8 graph that passed its gate")
             for t in g.inputs:
                 if t.domain is not None and t.domain not in self.domains:
                     problems.append(f"graph {g.name} input {t.name} reads unknown domain {t.domain!r}")
@@ -231,6 +265,8 @@ class Manifest(_Strict):
                 )
         listed = set(self.files)
         wanted = {g.file for g in self.graphs} | {i.file for i in self.indexes.values()}
+        wanted |= {g.optimized_file for g in self.graphs if g.optimized_file}
+        wanted |= {g.quantized.file for g in self.graphs if g.quantized and g.quantized.file}
         wanted |= {f for t in self.text_items.values() for f in (t.graph, t.tokenizer)}
         wanted |= {d.ids_file for d in self.domains.values()}
         wanted |= {d.popular_file for d in self.domains.values() if d.popular_file}

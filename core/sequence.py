@@ -46,3 +46,18 @@ def encode_batch(histories: Sequence[Iterable[int]], max_len: int) -> IntArray:
 def sequence_length(encoded: IntArray) -> IntArray:
     """Number of real (non-padding) items per row of an encoded batch (or of one encoded row)."""
     return np.asarray((encoded != PAD_ID).sum(axis=-1), dtype=np.int64)
+
+
+TRIM_STEP = 8  # trimmed lengths are multiples of it: few distinct shapes, so onnxruntime's per-shape plans stay few
+
+
+def trim_padding(encoded: IntArray, step: int = TRIM_STEP) -> IntArray:
+    """A left-padded (B, T) batch without the leading columns that are padding in every row: its last
+    ``n`` columns, ``n`` the longest row's length rounded up to a multiple of ``step`` (at least ``step``,
+    at most T). Feed it only to a graph whose output does not depend on leading padding (the manifest's
+    ``trims_padding``, measured at export): the encoder then runs over the real items, not ``max_len``."""
+    T = encoded.shape[-1]
+    real = np.flatnonzero((encoded != PAD_ID).any(axis=0))
+    n = T - int(real[0]) if real.size else 1
+    n = min(T, -(-n // step) * step)
+    return encoded if n == T else np.ascontiguousarray(encoded[:, T - n :])

@@ -42,7 +42,17 @@ from core.manifest import (
 from export import onnx_graph
 from export.added_items import fold_added
 from export.index import BuiltIndex, IndexOptions, build_index
-from export.parity import Inputs, ParityOptions, check_parity, concat, random_inputs, real_inputs, run_torch
+from export.parity import (
+    Inputs,
+    ParityOptions,
+    check_parity,
+    concat,
+    random_inputs,
+    real_inputs,
+    run_torch,
+    trim_difference,
+)
+from export.quantize import GateOptions, Validation, gate
 from export.text_items import text_graphs, write_text_items
 from export.towers import ExportError, Graph
 from export.verify import verify
@@ -73,6 +83,10 @@ class ExportOptions:
     version: str | None = None
     switch_current: bool = True
     added_items: dict[str, dict[str, str]] = field(default_factory=dict)  # domain -> id -> text (POST /v1/items)
+    # int8 variants of the one-vector user encoders of these target domains, gated on their validation examples
+    # (export/quantize.py); empty: fp32 only
+    quantize: dict[str, Validation] = field(default_factory=dict)
+    gate: GateOptions = field(default_factory=GateOptions)
 
 
 def domains_from_data(data: Interactions) -> dict[str, DomainItems]:
@@ -377,11 +391,13 @@ def _build(
     graph_specs: list[GraphSpec] = []
     failures: list[str] = []
     for g in graphs:
-        file = f"{g.name}.onnx"
+        file, optimized = f"{g.name}.onnx", f"{g.name}.opt.onnx"
         onnx_graph.export_onnx(g, bundle / file, opts.opset)
-        sess = onnx_graph.session(bundle / file, opts.threads)
+        onnx_graph.save_optimized(bundle / file, bundle / optimized, opts.threads)
+        sess = onnx_graph.session(bundle / optimized, opts.threads, onnx_graph.LOADED_LEVEL)  # what serves
         try:
             report = check_parity(g, sess, built[index_of[g.name]].index, inputs[g.name], opts.parity)
+            trim = trim_difference(g, sess, inputs[g.name])  # may the service cut leading padding? (parity.py)
         except Exception as exc:  # onnxruntime rejects an input shape the torch module accepts
             failures.append(f"{g.name}: onnxruntime failed on the parity inputs ({str(exc).strip()[:300]})")
             continue
@@ -391,6 +407,11 @@ def _build(
                 f"(tolerance {report.tolerance}), top-10 overlap {report.top10_overlap:.4f} "
                 f"(required {report.required_overlap}), all-padding finite {report.all_padding_finite}"
             )
+        quantized = None
+        if g.kind == "user_encoder" and g.intents is None and g.target_domain in opts.quantize:
+            index = built[index_of[g.name]].index
+            valid = opts.quantize[g.target_domain]
+            quantized = gate(g, bundle, file, sess, index, inputs[g.name], valid, opts.gate, opts.threads)
         ins, outs = onnx_graph.describe(g, sess)
         graph_specs.append(
             GraphSpec(
@@ -409,6 +430,12 @@ def _build(
                 parity=report,
                 intents=g.intents,
                 intent_score="max" if g.intents else None,
+                trims_padding=trim <= opts.parity.tolerance,
+                trim_max_abs_diff=trim if np.isfinite(trim) else None,
+                optimized_file=optimized,
+                optimized_level=onnx_graph.SAVED_LEVEL,
+                quantized=quantized,
+                serving_variant="int8" if quantized is not None and quantized.passed else "fp32",
             )
         )
     # text models: the text item graph (text -> item vector) and its tokenizer, with their own parity

@@ -6,6 +6,7 @@ Examples:
     cdrec export --checkpoint runs/sasrec.music.pt --data synthetic --out artifacts --index hnsw
     cdrec export --checkpoint runs/unisrec.office.pt --data DATA --added-items redis://localhost:6379/0
     cdrec export --checkpoint runs/dss.office.pt --out artifacts
+    cdrec export --checkpoint runs/cdsrec.office.pt --data DATA --quantize int8 --out artifacts
     cdrec export verify artifacts/current
 
 A DSS checkpoint (`cdrec train dss`) exports as a K-vector user encoder, output (batch, K, D), K and the max
@@ -18,6 +19,8 @@ checkpoints' (a mismatch names the first differing id), and all its users' histo
 checkpoint written before checkpoints carried their ids (cdrec-checkpoint/1) needs `--data` (or retraining).
 A text model (UniSRec) also gets its text item graph, ``item_text.<domain>.onnx`` + its tokenizer, which the
 service's ``POST /v1/items`` runs; ``--added-items`` folds the items added that way into the new bundle.
+``--quantize int8`` also writes an int8 user encoder (export/quantize.py), served only when its NDCG@10 on the
+validation split is within ``--max-ndcg-drop`` (1 %) of the fp32 graph's; the manifest records both either way.
 Exit status: 0 published (or verified), 1 refused (parity, recall or verification failed), 2 bad arguments.
 """
 
@@ -59,6 +62,13 @@ def _export_parser() -> argparse.ArgumentParser:
         "--added-items",
         help="items the service added by text, to include: its Redis URL or a JSON file {domain: {item_id: text}}",
     )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also write an int8 user encoder, served when its validation NDCG@10 (needs --data) is within "
+        "--max-ndcg-drop of fp32's",
+    )
+    p.add_argument("--max-ndcg-drop", type=float, default=0.01, help="relative NDCG@10 loss the int8 gate allows")
     return p
 
 
@@ -88,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = _export_parser().parse_args(args)
     if not ns.checkpoint and not ns.bridge_checkpoint:
         print("cdrec export: give at least one --checkpoint or --bridge-checkpoint", file=sys.stderr)
+        return 2
+    if ns.quantize and ns.data is None:
+        print("cdrec export: --quantize needs --data (its gate scores the validation split)", file=sys.stderr)
         return 2
 
     import torch  # heavy imports only once the arguments are sane
@@ -134,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                 items, _ = read_catalogue(path)
                 if items is not None:  # a format-1 checkpoint: only its item counts can be checked (bundle.py)
                     check_checkpoint_ids(path, items, domains)
+            if ns.quantize:
+                from export.quantize import GateOptions, validation
+
+                opts.gate = GateOptions(max_drop=ns.max_ndcg_drop)
+                targets = {g.target_domain for g in graphs if g.kind == "user_encoder"}
+                opts.quantize = {d: validation(data, d) for d in sorted(targets)}
         if ns.added_items:
             from export.added_items import read_added_items
 
@@ -151,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "bundle": str(bundle),
         "current": opts.switch_current,
-        "graphs": {g.name: g.parity.model_dump(include={"max_abs_diff", "top10_overlap", "passed"}) for g in m.graphs}
+        "graphs": {
+            g.name: g.parity.model_dump(include={"max_abs_diff", "top10_overlap", "passed"})
+            | {"serving_variant": g.serving_variant}
+            | ({} if g.quantized is None else {"int8_gate": g.quantized.model_dump(exclude={"method", "split"})})
+            for g in m.graphs
+        }
         | {f"item_text.{d}": t.parity.model_dump(include={"max_abs_diff", "passed"}) for d, t in m.text_items.items()},
         "indexes": {
             k: {"type": i.type, "count": i.count, "recall_at_10": i.recall_at_10, "params": i.params}

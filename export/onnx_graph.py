@@ -11,6 +11,13 @@ themselves avoid the ops onnxruntime gets wrong: see models/layers.py on boolean
 
 * An input the module ignores (SASRec's ``source_seq``) is dropped by the exporter; it is put back, unused, so
   every user encoder has the one serving signature ``(target_seq, source_seq)``.
+
+``save_optimized`` writes onnxruntime's own optimized graph beside it (issue 16): the level is
+ORT_ENABLE_EXTENDED, the fusions of the CPU provider (FusedMatMul, LayerNormalization, BiasGelu ...), not
+ORT_ENABLE_ALL, whose layout transforms may be specific to the exporting machine's CPU (onnxruntime's "Graph
+Optimizations" docs: an offline-optimized model is portable only up to the extended level, and onnxruntime
+warns when saving above it). The service opens that file with optimization off (``LOADED_LEVEL``), so
+workers do not optimize again at start; the parity is measured on it, opened that way.
 """
 
 from __future__ import annotations
@@ -128,14 +135,30 @@ def _restore_inputs(model: onnx.ModelProto, names: list[str]) -> None:
     model.graph.input.extend([*ordered, *others])
 
 
-def session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """An onnxruntime session configured as the service configures it."""
+SAVED_LEVEL = "ORT_ENABLE_EXTENDED"  # the optimized graph export writes: portable across CPUs (see above)
+LOADED_LEVEL = "ORT_DISABLE_ALL"  # how the service opens that graph: already optimized, nothing to redo
+
+
+def _options(level: str, threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVEL)
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def session(path: Path, threads: int = 1, level: str = ORT_LEVEL) -> ort.InferenceSession:
+    """An onnxruntime session configured as the service configures it (``level``: LOADED_LEVEL for a graph
+    ``save_optimized`` wrote)."""
+    return ort.InferenceSession(str(path), _options(level, threads), providers=["CPUExecutionProvider"])
+
+
+def save_optimized(src: Path, dst: Path, threads: int = 1) -> None:
+    """onnxruntime's graph of ``src`` optimized at SAVED_LEVEL, written to ``dst`` (a session does it)."""
+    options = _options(SAVED_LEVEL, threads)
+    options.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
 
 
 def ort_spec(threads: int = 1) -> OrtSpec:

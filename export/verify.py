@@ -3,7 +3,8 @@
 On top of the core checks (files, hashes, id maps, ONNX inputs/outputs through onnxruntime, index dims,
 counts and type, text item graphs and tokenizers), export also has the ``onnx`` package: every graph (text
 item graphs included) passes ``onnx.checker`` and declares the opset the manifest records, every graph's
-recorded parity passed, and an approximate index carries the search parameter the manifest says was measured.
+recorded parity passed, the saved optimized and int8 graphs load with the raw graph's inputs and outputs, and an
+approximate index carries the search parameter the manifest says was measured.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import onnx
 
 from core.bundle_checks import verify_bundle
 from core.manifest import BundleError, Manifest, read_manifest
+from export import onnx_graph
 
 
 def _onnx_problems(bundle: Path, m: Manifest) -> list[str]:
@@ -36,6 +38,18 @@ def _onnx_problems(bundle: Path, m: Manifest) -> list[str]:
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if opset != opset_want:
             problems.append(f"{file}: the graph has opset {opset} but the manifest says {opset_want}")
+    for g in m.graphs:  # the graphs the service opens instead of ``file``: they load and keep its signature
+        for served in (g.optimized_file, g.quantized.file if g.quantized else None):
+            if served is None or not (bundle / served).is_file():
+                continue
+            try:
+                sess = onnx_graph.session(bundle / served, 1, onnx_graph.LOADED_LEVEL)
+            except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+                problems.append(f"{served}: onnxruntime cannot load it ({str(exc).strip()[:200]})")
+                continue
+            names = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
+            if names != ([t.name for t in g.inputs], [t.name for t in g.outputs]):
+                problems.append(f"{served}: inputs/outputs {names} are not {g.file}'s")
     for key, spec in m.indexes.items():
         path = bundle / spec.file
         if spec.type == "flat" or not path.is_file():

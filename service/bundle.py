@@ -2,8 +2,9 @@
 
 ``load_bundle`` runs the one load-time check (core.bundle_checks.verify_bundle: files, hashes, id maps, ONNX
 inputs/outputs and index dims agree with the manifest) plus what serving needs on top (every sequence input
-names its domain and length), then opens the graphs and indexes and warms them up. It raises
-``BundleError`` listing every problem, so a bad bundle is refused at start and never replaces a good one.
+names its domain and length), then opens the graphs and indexes and warms them up. It raises ``BundleError``
+listing every problem, so a bad bundle is refused at start and never replaces a good one. A graph that
+export saved optimized (``optimized_file``) opens from that file with optimization off: no worker redoes it.
 
 Ids: row ``r`` of a domain's ids file and index is model item id ``r + manifest.model_id_offset`` (0 is
 padding); Redis and the API speak external ids, the graphs model ids, the indexes rows.
@@ -27,6 +28,9 @@ from core.bundle_checks import verify_bundle
 from core.manifest import BundleError, GraphSpec, Manifest, TextItemsSpec
 from core.sequence import encode_batch, encode_sequence
 from service.ports import Encoder, FloatArray, IntArray, ItemIndex, TextEncoder
+
+# a graph export saved already optimized (GraphSpec.optimized_file) opens with optimization off: nothing to redo
+PRE_OPTIMIZED_LEVEL = "ORT_DISABLE_ALL"
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,21 @@ def load_bundle(path: Path, ort_threads: int = 1, text_items: bool = True) -> Se
     level = m.onnxruntime.graph_optimization_level
 
     def open_encoder(root: Path, spec: GraphSpec) -> Encoder:
-        return OnnxEncoder(root / spec.file, spec.outputs[0].name, ort_threads, level)
+        served = spec.optimized_file
+        if spec.serving_variant == "int8" and spec.quantized is not None:  # its gate passed (Manifest checks)
+            served = spec.quantized.file
+        if served is None:  # a bundle from before export saved the optimized graph
+            return OnnxEncoder(root / spec.file, spec.outputs[0].name, ort_threads, level, spec.trims_padding)
+        # verify_bundle's deep check opened ``file``; the served file gets its own check here
+        try:
+            encoder = OnnxEncoder(
+                root / served, spec.outputs[0].name, ort_threads, PRE_OPTIMIZED_LEVEL, spec.trims_padding
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise BundleError(root, [f"{served}: onnxruntime cannot load it ({str(exc).strip()[:200]})"]) from exc
+        if encoder.input_names != [t.name for t in spec.inputs]:
+            raise BundleError(root, [f"{served}: inputs {encoder.input_names}, not {spec.file}'s"])
+        return encoder
 
     def open_index(root: Path, key: str) -> ItemIndex:
         return FaissItemIndex(root / m.indexes[key].file, m.indexes[key])

@@ -27,6 +27,8 @@ def test_export_writes_every_file_of_the_contract_and_points_current_at_it(artif
         "manifest.json",
         "user_encoder.music.onnx",
         "bridge.book__music.onnx",
+        "user_encoder.music.opt.onnx",  # onnxruntime's optimized graphs, what the service opens
+        "bridge.book__music.opt.onnx",
         "items.music.faiss",
         "items.music.ids.json",
         "items.book.ids.json",
