@@ -27,8 +27,8 @@ from export.bundle import DomainItems, export_bundle
 from export.parity import Inputs, trim_difference
 from export.quantize import GateOptions, validation
 from export.towers import tower_graph
-from service.bundle import load_bundle
 from service.adapters.onnx_encoder import OnnxEncoder
+from service.bundle import load_bundle
 from tests.export.conftest import MAX_LEN, fast_options, make_bridge
 from training.data.interactions import Interactions
 from training.models.cdsrec import CDSRec, CDSRecConfig
