@@ -27,16 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.results import DOCS, data_parser, record, table, update_json, update_markdown
+from bench.results import DOCS, data_parser, record, table, tested, update_json, update_markdown
 from training.baselines import Popularity
 from training.data.loaders import load_art_office
-from training.data.splits import NextItemSplit, leave_one_out
+from training.data.splits import Examples, NextItemSplit, leave_one_out
 from training.evaluation import ScoreFn, diversity_metrics, evaluate_ranking, top_k_items
 from training.train_sasrec import SASRecArgs, train_sasrec
 
 BENCH, DATASET = "quality", "art-office"
 METRICS = ("HR@10", "NDCG@10", "MRR")
 DIVERSITY = ("ILD@10", "coverage@10", "repeat@10")
+VALID = "valid "  # prefix of a metric measured on the validation examples (recorded with split "valid")
 
 Runner = Callable[[NextItemSplit, int], tuple[dict[str, float], float]]  # -> test metrics, epoch seconds
 
@@ -44,15 +45,22 @@ Runner = Callable[[NextItemSplit, int], tuple[dict[str, float], float]]  # -> te
 _DIVERSITY_ON = False  # set in each worker by run_task (--diversity)
 
 
+def split_diversity(score_fn: ScoreFn, split: NextItemSplit, examples: Examples) -> dict[str, float]:
+    """ILD@10, coverage@10 and repeat@10 of ``score_fn``'s top 10 for ``examples`` (split.valid or split.test)."""
+    from training.data.text import item_text_vectors
+
+    vectors = item_text_vectors(split.data, split.target, progress=False)
+    last = [h[-1] if len(h) else 0 for h in examples.target_hist]
+    return diversity_metrics(top_k_items(score_fn, examples), np.asarray(last, np.int64), vectors)
+
+
 def test_metrics(score_fn: ScoreFn, split: NextItemSplit) -> dict[str, float]:
-    """Test ranking metrics, plus the diversity of the top 10 when --diversity is on."""
+    """Test ranking metrics, plus the diversity of the top 10 when --diversity is on, on test and (keys
+    ``valid <metric>``, recorded with split "valid") on validation: DSS picks its merge rule against SASRec's."""
     out = evaluate_ranking(score_fn, split.test)
     if _DIVERSITY_ON:
-        from training.data.text import item_text_vectors
-
-        vectors = item_text_vectors(split.data, split.target, progress=False)
-        last = [h[-1] if len(h) else 0 for h in split.test.target_hist]
-        out.update(diversity_metrics(top_k_items(score_fn, split.test), np.asarray(last, np.int64), vectors))
+        out.update(split_diversity(score_fn, split, split.test))
+        out.update({f"{VALID}{k}": v for k, v in split_diversity(score_fn, split, split.valid).items()})
     return out
 
 
@@ -72,13 +80,45 @@ def sasrec_runner(merged: bool) -> Runner:
     return run
 
 
+def sasrec_valid_diversity(target: str, seed: int) -> dict[str, float] | None:
+    """SASRec's recorded VALID ILD@10 and coverage@10 on ``target`` (this seed's, else the mean; None when not
+    recorded: run ``--models sasrec --diversity`` first), DSS's reference for choosing its merge rule."""
+    path = DOCS / "results.json"
+    rows = [r for r in (json.loads(path.read_text()) if path.exists() else [])
+            if r.get("bench") == BENCH and r["model"] == "sasrec" and r.get("split") == "valid"
+            and r["task"] == f"target={target}" and r["metric"] in ("ILD@10", "coverage@10")]
+    if {r["metric"] for r in rows} != {"ILD@10", "coverage@10"}:
+        return None
+    return {r["metric"]: r["values"][seed] if seed < len(r["values"]) else r["mean"] for r in rows}
+
+
 def run_dss(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
-    from training.train_dss import DSSArgs, train_dss
+    """One DSS model, scored under every merge rule (training/models/dss.py ``MERGES``); the row ``dss`` is the
+    rule ``choose_merge`` picks from the VALIDATION figures against SASRec's, rows ``dss[<rule>]`` show each
+    rule (keys ``<model>|<metric>``, ``valid `` first for validation; ``chose <rule>`` marks the pick)."""
+    from training.models.dss import MERGES
+    from training.train_dss import DSSArgs, choose_merge, merge_scorer, train_dss
 
     # SASRec's bench settings (dropout 0.5, patience 4), so the rows differ by the model alone
     args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5)
-    _, result, scorer = train_dss(split, args)
-    return test_metrics(scorer, split), result.epoch_s
+    model, result, _ = train_dss(split, args)
+    model.eval()
+    valid: dict[str, dict[str, float]] = {}
+    test: dict[str, dict[str, float]] = {}
+    for rule in MERGES:
+        scorer = merge_scorer(model, args.max_len, rule)
+        valid[rule] = evaluate_ranking(scorer, split.valid)
+        if _DIVERSITY_ON:
+            valid[rule].update(split_diversity(scorer, split, split.valid))
+        test[rule] = evaluate_ranking(scorer, split.test)
+        if _DIVERSITY_ON:
+            test[rule].update(split_diversity(scorer, split, split.test))
+    chosen = choose_merge(valid, sasrec_valid_diversity(split.target, seed) if _DIVERSITY_ON else None)
+    out = {**test[chosen], **{f"{VALID}{k}": v for k, v in valid[chosen].items()}, f"chose {chosen}": 1.0}
+    for rule in MERGES:
+        out.update({f"dss[{rule}]|{k}": v for k, v in test[rule].items()})
+        out.update({f"{VALID}dss[{rule}]|{k}": v for k, v in valid[rule].items()})
+    return out, result.epoch_s
 
 
 def runners() -> dict[str, Runner]:
@@ -138,7 +178,7 @@ def kept_records(targets: set[str], models: set[str]) -> list[dict[str, Any]]:
     path = DOCS / "results.json"
     old = json.loads(path.read_text()) if path.exists() else []
     return [r for r in old if r.get("bench") == BENCH
-            and not (r["model"] in models and r["task"].removeprefix("target=") in targets)]
+            and not (r["model"].split("[")[0] in models and r["task"].removeprefix("target=") in targets)]
 
 
 def previous_commands() -> list[str]:
@@ -153,7 +193,9 @@ def previous_commands() -> list[str]:
 def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
     """Rows by task, then in the bench's model order (popularity first), whatever run they came from."""
     rank = {m: i for i, m in enumerate(models)}
-    return sorted(records, key=lambda r: (r["task"], rank.get(r["model"], len(rank))))
+    # a model's variants (``dss[quota]``) right after it
+    return sorted(records, key=lambda r: (r["task"], rank.get(r["model"].split("[")[0], len(rank)),
+                                          "[" in r["model"]))
 
 
 COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"),
@@ -202,12 +244,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{target:>7} {model:<14} seed {seed}: NDCG@10 {metrics['NDCG@10']:.4f} "
                   f"HR@10 {metrics['HR@10']:.4f} ({epoch_s:.1f} s/epoch)", flush=True)
     records: list[dict[str, Any]] = []
+    chosen: dict[tuple[str, str], list[str]] = {}  # (target, model) -> the merge rule each seed chose
     for target in ns.targets:
         for model in models:
             cells = [results[(target, model, seed)] for seed in ns.seeds]
             for m in (*METRICS, *DIVERSITY):
                 if all(m in c[0] for c in cells):  # diversity: only with --diversity, for the models that have it
                     records.append(record(BENCH, DATASET, f"target={target}", model, m, [c[0][m] for c in cells]))
+            for m in sorted({k for c in cells for k in c[0] if k.startswith(VALID) and "|" not in k}):
+                if all(m in c[0] for c in cells):
+                    records.append(record(BENCH, DATASET, f"target={target}", model, m.removeprefix(VALID),
+                                          [c[0][m] for c in cells], split="valid"))
+            chosen[(target, model)] = [k.removeprefix("chose ") for c in cells for k in c[0] if k.startswith("chose ")]
+            # the rows of a model's variants scored from the same trained model (DSS's merge rules)
+            subs = dict.fromkeys(k.removeprefix(VALID).split("|")[0] for c in cells for k in c[0] if "|" in k)
+            for sub in subs:
+                for split_name, prefix in (("test", f"{sub}|"), ("valid", f"{VALID}{sub}|")):
+                    for m in (*METRICS, *DIVERSITY):
+                        if all(prefix + m in c[0] for c in cells):
+                            records.append(record(BENCH, DATASET, f"target={target}", sub, m,
+                                                  [c[0][prefix + m] for c in cells], split=split_name))
             records.append(record(BENCH, DATASET, f"target={target}", model, "epoch_s", [c[1] for c in cells]))
     minutes = (time.perf_counter() - wall) / 60
     command = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -218,16 +274,20 @@ def main(argv: list[str] | None = None) -> int:
         lines = [*previous_commands(), run_line]
         how = "Commands (the rows of a later run replace an earlier run's):\n" + "\n".join(f"- {x}" for x in lines)
     shown = [*METRICS, *(m for m in DIVERSITY if any(r["metric"] == m for r in records)), "epoch_s"]
-    md = table(records, shown)
-    lines = comparisons(records) + [x for m in DIVERSITY[:2] for x in comparisons(records, m) if "dss" in x]
+    md = table(tested(records), shown)  # validation records stay in results.json only
+    lines = comparisons(tested(records)) + [
+        x for m in DIVERSITY[:2] for x in comparisons(tested(records), m) if "dss" in x]
     md += "\n\n" + "\n".join(lines) if lines else ""
+    picks = [f"{t} {m}: {', '.join(r)}" for (t, m), r in chosen.items() if r]
+    if picks:
+        md += ("\n\nMerge rule chosen on validation (``choose_merge``), per seed: " + "; ".join(picks) + ".")
     print(md)
     # with --keep, rows of earlier runs may have other seed counts: say so rather than one wrong number
     counts = sorted({int(r["seeds"]) for r in records})
     seeds_text = f"{counts[0]} seeds" if len(counts) == 1 else (
         "the seeds of each row's run (" + " or ".join(map(str, counts)) + "; ± 0.0000 is one seed)")
     update_json(BENCH, records)
-    plot(records, DOCS / "quality.png")
+    plot(tested(records), DOCS / "quality.png")
     update_markdown(BENCH, f"""## Next-item recommendation, Amazon Art-Office (bench `quality`)
 
 {how}

@@ -18,11 +18,19 @@ from pydantic.dataclasses import dataclass
 
 from training import checkpoint
 from training.args import NextItemArgs
-from training.data.batches import next_item_pairs, shuffled_batches, trim_left_padding
+from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking, sequence_scorer
 from training.fit import FitResult, epoch_of, fit
-from training.models.dss import DSS, DSSConfig, item_loss, reversed_future, seq2seq_loss
+from training.models.dss import (
+    DSS,
+    MERGES,
+    DSSConfig,
+    item_loss,
+    merged_scores,
+    reversed_future,
+    seq2seq_loss,
+)
 from training.models.sasrec import popularity_sampler
 
 
@@ -91,3 +99,34 @@ def train_dss(
                  out, meta, desc=f"dss {target}",
                  items=checkpoint.catalogue(data, (target, split.source)) if out is not None else None)
     return model, result, scorer
+
+
+def merge_scorer(model: DSS, max_len: int, rule: str) -> Callable[[Examples], torch.Tensor]:
+    """A full-ranking scorer of the trained ``model`` under the inference merge ``rule`` (``MERGES``): the
+    intent-aware list first (history excluded, as the service's seen filter), then the rest by max score
+    (``merged_scores``). Inference only: the same trained model is scored under every rule."""
+
+    def score(ex: Examples) -> torch.Tensor:
+        phi, pi = model.last_intents(encode_histories(ex.target_hist, max_len))  # (B, K, D), (B, K)
+        per_intent = torch.einsum("bkd,nd->bkn", phi, model.item_vectors())  # (B, K, N + 1)
+        excluded = torch.zeros(per_intent.shape[0], per_intent.shape[2], dtype=torch.bool)
+        excluded[:, 0] = True  # padding
+        for row, items in enumerate(ex.target_hist):
+            excluded[row, torch.as_tensor(np.asarray(items, dtype=np.int64))] = True
+        return merged_scores(per_intent, pi, rule, model.cfg.lam, excluded)
+
+    return score
+
+
+def choose_merge(valid: dict[str, dict[str, float]], reference: dict[str, float] | None) -> str:
+    """The merge rule, from VALIDATION figures only: ``valid`` rule -> its valid NDCG@10, ILD@10, coverage@10;
+    ``reference`` SASRec's valid ILD@10 and coverage@10. The best valid NDCG@10 among the rules whose valid
+    ILD@10 AND coverage@10 are above the reference's; when none is (or there is no reference), the best valid
+    NDCG@10 of all rules. Ties go to the earlier rule of ``MERGES``."""
+    rules = [r for r in MERGES if r in valid]
+    if not rules:
+        raise ValueError(f"no merge rule evaluated; expected some of {MERGES}")
+    diverse = [r for r in rules if reference is not None
+               and all(valid[r][m] > reference[m] for m in ("ILD@10", "coverage@10"))]
+    pool = diverse or rules
+    return max(pool, key=lambda r: (valid[r]["NDCG@10"], -rules.index(r)))
