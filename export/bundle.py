@@ -39,7 +39,7 @@ from core.manifest import (
     Manifest,
     sha256_file,
 )
-from export import onnx_graph
+from export import dss, onnx_graph
 from export.added_items import fold_added
 from export.index import BuiltIndex, IndexOptions, build_index
 from export.parity import Inputs, ParityOptions, check_parity, concat, random_inputs, real_inputs, run_torch
@@ -408,7 +408,7 @@ def _build(
                 opset=opts.opset,
                 parity=report,
                 intents=g.intents,
-                intent_score="max" if g.intents else None,
+                intent_score=dss.intent_score(g.module) if g.intents else None,
             )
         )
     # text models: the text item graph (text -> item vector) and its tokenizer, with their own parity

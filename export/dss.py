@@ -6,7 +6,16 @@ source sequence unused (DSS reads the target history only), and the manifest rec
 ``intent_score = "max"``; the service then searches the K queries in one batched FAISS call and merges them
 by their best score (service.faiss_index ``search_intents``). With ``score="weighted"`` an item's score is
 ``sum_k pi_k <phi_k, e>`` = ``<sum_k pi_k phi_k, e>``: one vector, so that model is exported as an ordinary
-single-vector user encoder (``WeightedDSSTower``) and the manifest records no intents.
+single-vector user encoder (``WeightedDSSTower``) and the manifest records no intents; so is a max-trained model
+whose inference merge (``DSSConfig.intent_score``) is ``weighted``.
+
+An intent-aware merge (``intent_score`` "quota" or "round-robin", training/models/dss.py ``intent_lists``) needs
+each intent's presence pi_k as well as its ranking. Rather than a second graph output (which the encoder,
+batcher and refresh cache would all have to carry), the graph outputs ``unit(phi_k) * pi_k`` for the intents
+present above the threshold and 0 for the others (``PresenceDSSTower``): a positive scale leaves each intent's
+ranking of the items unchanged, a row's norm IS its presence (0: not confident), and the signature stays
+``(B, K, D)``, so a cached user is still K * D floats. The manifest records the rule; the service's
+``search_intents`` reads the norms back.
 
 ``merged_top_k`` is the export side's max-over-intents top-k (parity's top-10 overlap of torch vs onnxruntime
 over all K vectors).
@@ -24,7 +33,7 @@ import torch
 from torch import nn
 
 from export.towers import ExportError, Graph, tower_graph
-from training.models.dss import DSS
+from training.models.dss import DSS, confident
 
 
 class DSSTower(nn.Module):
@@ -51,6 +60,21 @@ class WeightedDSSTower(DSSTower):
         return (pi[..., None] * phi).sum(dim=1)  # (B, D)
 
 
+class PresenceDSSTower(DSSTower):
+    """An intent-aware merge's export (module docstring): (B, K, D) rows ``unit(phi_k) * pi_k``, 0 below lam."""
+
+    def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
+        phi, pi = self.model.last_intents(target_seq)  # (B, K, D), (B, K)
+        present = pi * confident(pi, self.cfg.lam).to(pi.dtype)  # (B, K): 0 for an intent below the threshold
+        return nn.functional.normalize(phi, dim=-1) * present[..., None]
+
+
+def intent_score(module: nn.Module) -> str:
+    """The manifest's ``intent_score`` of an exported K-vector tower: the model's inference merge."""
+    cfg = getattr(module, "cfg", None)
+    return str(getattr(cfg, "intent_score", "max"))
+
+
 def is_dss(model: nn.Module) -> bool:
     return isinstance(model, DSS)
 
@@ -66,9 +90,10 @@ def dss_graph(
     the weighted score."""
     if not isinstance(model, DSS):
         raise ExportError(f"{path or '<model>'}: {type(model).__name__} is not a DSS model")
-    if model.cfg.score == "weighted":
+    if model.cfg.score == "weighted" or model.cfg.intent_score == "weighted":
         return tower_graph(WeightedDSSTower(model).eval(), meta, path, target, source)
-    graph = tower_graph(DSSTower(model).eval(), meta, path, target, source)
+    tower = PresenceDSSTower(model) if model.cfg.intent_score in ("quota", "round-robin") else DSSTower(model)
+    graph = tower_graph(tower.eval(), meta, path, target, source)
     return dataclasses.replace(graph, intents=model.cfg.intents)
 
 

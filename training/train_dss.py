@@ -47,6 +47,10 @@ class DSSArgs(NextItemArgs):
         "item", description="p(k|i) from the cosine of item (embeddings) or encoder (state)s to the prototypes"
     )
     seq2seq_weight: float = Field(0.2, ge=0, description="weight of the latent seq2seq loss (0: seq2item only)")
+    intent_score: str = Field(
+        "max", description="inference merge of the intents' lists: max | weighted | quota | round-robin "
+        "(training/models/dss.py intent_lists); the export serves it"
+    )
 
 
 def dss_step(
@@ -79,7 +83,7 @@ def train_dss(
     inputs, labels = next_item_pairs(list(split.train_sequences(target).values()), args.max_len)
 
     cfg = DSSConfig(n_target, args.dim, args.layers, args.heads, args.dropout, args.max_len, args.intents,
-                    args.tau, args.lam, args.score, args.assign)
+                    args.tau, args.lam, args.score, args.assign, args.intent_score)
     model = DSS(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scorer = sequence_scorer(model, args.max_len)

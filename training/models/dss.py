@@ -175,8 +175,16 @@ class DSS(nn.Module):
         return self.item_emb.weight
 
     def score(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, N+1) full-ranking scores under the model's inference merge ``cfg.intent_score`` (an
+        intent-aware one lists no item of ``seq``: the seen filter, as far as the sequence reaches)."""
         phi, pi = self.intents(seq)
-        return intent_scores(phi, pi, self.item_vectors(), self.cfg.score)  # (B, N+1)
+        rule = self.cfg.intent_score
+        if rule in ("max", "weighted"):
+            return intent_scores(phi, pi, self.item_vectors(), "weighted" if rule == "weighted" else self.cfg.score)
+        per_intent = torch.einsum("bkd,nd->bkn", phi, self.item_vectors())  # (B, K, N+1)
+        excluded = torch.zeros(seq.shape[0], per_intent.shape[2], dtype=torch.bool).scatter(1, seq, True)
+        excluded[:, 0] = True  # padding
+        return merged_scores(per_intent, pi, rule, self.cfg.lam, excluded)
 
 
 def intent_scores(phi: torch.Tensor, pi: torch.Tensor, items: torch.Tensor, score: str) -> torch.Tensor:
