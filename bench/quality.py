@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -93,32 +93,59 @@ def sasrec_valid_diversity(target: str, seed: int) -> dict[str, float] | None:
 
 
 def run_dss(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
-    """One DSS model, scored under every merge rule (training/models/dss.py ``MERGES``); the row ``dss`` is the
-    rule ``choose_merge`` picks from the VALIDATION figures against SASRec's, rows ``dss[<rule>]`` show each
-    rule (keys ``<model>|<metric>``, ``valid `` first for validation; ``chose <rule>`` marks the pick)."""
+    """One DSS model, scored under every merge rule (training/models/dss.py ``MERGES``) on validation and test:
+    keys ``dss[<rule>]|<metric>`` (``valid `` first for validation). ``main`` then picks the row ``dss`` per seed
+    (``pick_dss``) from the validation figures alone."""
     from training.models.dss import MERGES
-    from training.train_dss import DSSArgs, choose_merge, merge_scorer, train_dss
+    from training.train_dss import DSSArgs, merge_scorer, train_dss
 
     # SASRec's bench settings (dropout 0.5, patience 4), so the rows differ by the model alone
     args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5)
     model, result, _ = train_dss(split, args)
     model.eval()
-    valid: dict[str, dict[str, float]] = {}
-    test: dict[str, dict[str, float]] = {}
+    out: dict[str, float] = {}
     for rule in MERGES:
         scorer = merge_scorer(model, args.max_len, rule)
-        valid[rule] = evaluate_ranking(scorer, split.valid)
-        if _DIVERSITY_ON:
-            valid[rule].update(split_diversity(scorer, split, split.valid))
-        test[rule] = evaluate_ranking(scorer, split.test)
-        if _DIVERSITY_ON:
-            test[rule].update(split_diversity(scorer, split, split.test))
-    chosen = choose_merge(valid, sasrec_valid_diversity(split.target, seed) if _DIVERSITY_ON else None)
-    out = {**test[chosen], **{f"{VALID}{k}": v for k, v in valid[chosen].items()}, f"chose {chosen}": 1.0}
-    for rule in MERGES:
-        out.update({f"dss[{rule}]|{k}": v for k, v in test[rule].items()})
-        out.update({f"{VALID}dss[{rule}]|{k}": v for k, v in valid[rule].items()})
+        for prefix, examples in ((f"{VALID}dss[{rule}]|", split.valid), (f"dss[{rule}]|", split.test)):
+            metrics = evaluate_ranking(scorer, examples)
+            if _DIVERSITY_ON:
+                metrics.update(split_diversity(scorer, split, examples))
+            out.update({prefix + k: v for k, v in metrics.items()})
     return out, result.epoch_s
+
+
+def pick_dss(cell: dict[str, float], reference: dict[str, float] | None) -> dict[str, float]:
+    """A ``run_dss`` cell plus the row ``dss``: the merge rule ``choose_merge`` picks from the cell's VALIDATION
+    figures against SASRec's (``reference``), its test (and ``valid ``) metrics, and ``chose <rule>``."""
+    from training.models.dss import MERGES
+    from training.train_dss import choose_merge
+
+    valid = {rule: {k.split("|", 1)[1]: v for k, v in cell.items() if k.startswith(f"{VALID}dss[{rule}]|")}
+             for rule in MERGES}
+    chosen = choose_merge({r: m for r, m in valid.items() if m}, reference)
+    picked = {k.split("|", 1)[1]: v for k, v in cell.items() if k.startswith(f"dss[{chosen}]|")}
+    return {**cell, **picked, **{f"{VALID}{k}": v for k, v in valid[chosen].items()}, f"chose {chosen}": 1.0}
+
+
+def sasrec_reference(results: dict[tuple[str, str, int], tuple[dict[str, float], float]], target: str,
+                     seed: int) -> dict[str, float] | None:
+    """SASRec's valid ILD@10 and coverage@10 for this target and seed: from this run, else the recorded ones."""
+    cell = results.get((target, "sasrec", seed))
+    if cell is not None and all(f"{VALID}{m}" in cell[0] for m in ("ILD@10", "coverage@10")):
+        return {m: cell[0][f"{VALID}{m}"] for m in ("ILD@10", "coverage@10")}
+    return sasrec_valid_diversity(target, seed)
+
+
+def cached_cells(path: Path | None, diversity: bool) -> dict[tuple[str, str, int], tuple[dict[str, float], float]]:
+    """The cells an earlier (possibly interrupted) run with the same ``--cells`` file finished."""
+    out: dict[tuple[str, str, int], tuple[dict[str, float], float]] = {}
+    if path is None or not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        c = json.loads(line)
+        if c["diversity"] == diversity:
+            out[(c["target"], c["model"], c["seed"])] = (c["metrics"], c["epoch_s"])
+    return out
 
 
 def runners() -> dict[str, Runner]:
@@ -225,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--diversity", action="store_true", help="add ILD@10, coverage@10, repeat@10 (see above)")
     p.add_argument("--keep", action="store_true",
                    help="keep the recorded rows of models not run now (rerun some rows, keep the table)")
+    p.add_argument("--cells", type=Path, default=None,
+                   help="a JSON-lines file: each finished cell is appended, and cells already there are not rerun "
+                        "(an interrupted run resumes; rerun with the finished seeds to record them)")
     ns = p.parse_args(argv)
     available = runners()
     models = ns.models or list(available)
@@ -232,17 +262,28 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown models {unknown}; available: {list(available)}", file=sys.stderr)
         return 2
-    tasks = [(t, m, seed) for t in ns.targets for m in models for seed in ns.seeds]
+    # seed-major: an interrupted run (``--cells``) has whole seeds of every model and target done first
+    tasks = [(t, m, seed) for seed in ns.seeds for t in ns.targets for m in models]
     wall = time.perf_counter()
+    done = cached_cells(ns.cells, ns.diversity)
+    results = {task: done[task] for task in tasks if task in done}
     # independent cells run side by side, one torch thread each: on 2 cores that beats 2 threads per model
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=ns.jobs, mp_context=ctx) as pool:
-        futures = {task: pool.submit(run_task, ns.data_root, *task, ns.threads, ns.diversity) for task in tasks}
-        results = {}
-        for (target, model, seed), fut in futures.items():
+        futures = {pool.submit(run_task, ns.data_root, *task, ns.threads, ns.diversity): task
+                   for task in tasks if task not in results}
+        for fut in as_completed(futures):  # each cell saved as it finishes (``--cells``)
+            target, model, seed = futures[fut]
             metrics, epoch_s = results[(target, model, seed)] = fut.result()
-            print(f"{target:>7} {model:<14} seed {seed}: NDCG@10 {metrics['NDCG@10']:.4f} "
-                  f"HR@10 {metrics['HR@10']:.4f} ({epoch_s:.1f} s/epoch)", flush=True)
+            if ns.cells is not None:
+                with ns.cells.open("a") as f:
+                    f.write(json.dumps({"target": target, "model": model, "seed": seed, "diversity": ns.diversity,
+                                        "metrics": metrics, "epoch_s": epoch_s}) + "\n")
+            shown = metrics.get("NDCG@10", metrics.get("dss[max]|NDCG@10", float("nan")))
+            print(f"{target:>7} {model:<14} seed {seed}: NDCG@10 {shown:.4f} ({epoch_s:.1f} s/epoch)", flush=True)
+    for (target, model, seed), (metrics, epoch_s) in list(results.items()):
+        if model == "dss":  # the merge rule, per seed, from validation figures alone
+            results[(target, model, seed)] = (pick_dss(metrics, sasrec_reference(results, target, seed)), epoch_s)
     records: list[dict[str, Any]] = []
     chosen: dict[tuple[str, str], list[str]] = {}  # (target, model) -> the merge rule each seed chose
     for target in ns.targets:
