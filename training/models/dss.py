@@ -34,6 +34,18 @@ Choices where the paper is silent (all documented here, the alternatives are fla
   every real position of the row; the total loss is item_loss + ``seq2seq_weight`` * seq2seq_loss.
 - a fully padded row: the newest column may always weigh itself (as the attention masks do), so the output
   is finite (LayerNorm of a finite vector).
+
+The recommended list (inference only, ``DSSConfig.intent_score``, ``intent_lists``): ranking every item by its max
+over intents lets the dominant intent fill all 10 slots, so the method's point (the list covers the user's
+several intentions) goes unused. ``quota`` shares the slots among the intents present above ``lam`` in
+proportion to their presence pi_k (Sainte-Lague), each slot taking that intent's best item not yet listed;
+``round-robin`` gives them equal turns, strongest first; ``max`` and ``weighted`` are the plain score orders.
+Ranking metrics of a merged list read the target's position in it (the first ``MERGE_DEPTH`` = 20), and beyond
+it the target's max-score rank among the rest (``merged_scores``), so @10 metrics are the list's own and MRR
+stays a full-ranking MRR. The rule is chosen per trained model on VALIDATION only (bench.quality ``pick_dss``,
+training/train_dss.py ``choose_merge``): the best valid NDCG@10 among the rules whose valid ILD@10 and
+coverage@10 beat SASRec's valid ones, else the best valid NDCG@10. The item sentence vectors (the ILD
+reference) play no part in any rule. Measured figures of every rule: docs/results.md (bench ``quality``).
 """
 
 from __future__ import annotations
