@@ -8,9 +8,7 @@ against the graph's outputs, with the seen filter.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -22,11 +20,7 @@ import torch
 from core.manifest import current_bundle, read_manifest
 from core.sequence import encode_sequence
 from service.bundle import ServingBundle, load_bundle
-from service.faiss_index import FaissItemIndex
-from service.recommender import Recommendation, Recommender
-from tests.service.fakes import FakeStore
-from tests.service.test_dss_serving import _histories
-from tests.service.test_faiss_index import _spec
+from tests.service.test_dss_serving import _histories, recommend_all, served_index
 from training.data.interactions import Interactions
 from training.models.dss import confident, intent_lists
 
@@ -105,16 +99,7 @@ def test_quota_answers_equal_the_training_rule_on_brute_force_scores_and_never_r
     assert bundle.encoders["music"].intent_score == "quota"
     ref = QuotaReference(current_bundle(quota_run[0]))
     histories = _histories(bundle.catalogues["music"].ids, 30, seed=6)
-    store = FakeStore()
-    for n, hist in enumerate(histories):
-        store.lists[(f"u{n}", "music")] = hist
-
-    async def scenario() -> list[Recommendation]:
-        with ThreadPoolExecutor(1) as pool:
-            rec = Recommender(bundle, store, executor=pool)
-            return list(await asyncio.gather(*(rec.recommend(f"u{n}", "music", 10) for n in range(len(histories)))))
-
-    for hist, answer in zip(histories, asyncio.run(scenario()), strict=True):
+    for hist, answer in zip(histories, recommend_all(bundle, histories)[0], strict=True):
         assert (answer.strategy, answer.degraded) == ("dss", False)
         ids = [i for i, _ in answer.items]
         assert len(ids) == len(set(ids)) == 10 and not set(ids) & set(hist)
@@ -127,16 +112,7 @@ def test_drawn_search_is_the_training_rule_outside_the_exclusions(kind: str, mer
     n, d = 300, 16
     rng = np.random.default_rng(3)
     items = rng.standard_normal((n, d)).astype(np.float32)
-    if kind == "flat":
-        index: faiss.Index = faiss.IndexFlatIP(d)
-        params: dict[str, int] = {}
-    else:  # a deliberately weak HNSW: deep exclusions leave it short, the exact fallback finishes
-        index = faiss.IndexHNSWFlat(d, 4, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 8
-        params = {"efSearch": 4}
-    index.add(items)
-    faiss.write_index(index, str(tmp_path / f"{kind}.faiss"))
-    served = FaissItemIndex(tmp_path / f"{kind}.faiss", _spec(kind, params))
+    served = served_index(kind, items, tmp_path)
     for _ in range(20):
         pi = torch.softmax(torch.as_tensor(rng.standard_normal((1, 4)) * 2), dim=1).float()
         keep = (pi * confident(pi, LAM)).numpy()[0]
