@@ -243,6 +243,25 @@ def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[
     return out
 
 
+def merge_text(records: list[dict[str, Any]]) -> str:
+    """The DSS merge rules' note and their VALIDATION table (the figures the rule was picked on), when present."""
+    valid = [r for r in records if r.get("split") == "valid" and r["metric"] in ("NDCG@10", *DIVERSITY[:2])
+             and (r["model"] == "sasrec" or r["model"].startswith("dss["))]
+    if not any(r["model"].startswith("dss[") for r in valid):
+        return ""
+    return f"""
+DSS rows: `dss[<rule>]` is the same trained model under each inference merge rule (training/models/dss.py
+`intent_lists`: `max` and `weighted` score orders; `quota` shares the top of the list among the intents present
+above lambda in proportion to their presence, `round-robin` in equal turns). The `dss` row takes, per seed, the
+rule with the best VALIDATION NDCG@10 among those whose validation ILD@10 and coverage@10 beat SASRec's (else the
+best validation NDCG@10): `bench.quality.pick_dss`; test figures never enter the choice. A merged list's metrics
+read the target's position in it (the first 20), beyond it its max-score rank among the rest (so MRR is still a
+full-ranking MRR). The validation figures the choice was made on:
+
+{table(valid, ["NDCG@10", *DIVERSITY[:2]])}
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = data_parser(__doc__)
     p.add_argument("--targets", nargs="+", default=["art", "office"])
@@ -337,7 +356,7 @@ Leave-one-out in time order per target domain; test metrics over the full target
 excluded), mean ± std over {seeds_text}; `epoch_s` is train time per epoch.
 
 {md}
-
+{merge_text(records)}
 ![test NDCG@10 per model](quality.png)
 """)
     return 0
