@@ -92,21 +92,33 @@ def sasrec_valid_diversity(target: str, seed: int) -> dict[str, float] | None:
     return {r["metric"]: r["values"][seed] if seed < len(r["values"]) else r["mean"] for r in rows}
 
 
-def run_dss(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
+def dss_runner(merged: bool) -> Runner:
+    """``dss`` (target history) or ``dss-xd`` (``merged``: both domains' histories interleaved, target items
+    scored; training/train_dss.py)."""
+    name = "dss-xd" if merged else "dss"
+
+    def run(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
+        return run_dss(split, seed, merged, name)
+
+    return run
+
+
+def run_dss(split: NextItemSplit, seed: int, merged: bool = False, name: str = "dss") -> tuple[dict[str, float], float]:
     """One DSS model, scored under every merge rule (training/models/dss.py ``MERGES``) on validation and test:
-    keys ``dss[<rule>]|<metric>`` (``valid `` first for validation). ``main`` then picks the row ``dss`` per seed
-    (``pick_dss``) from the validation figures alone."""
+    keys ``<name>[<rule>]|<metric>`` (``valid `` first for validation). ``main`` then picks the row ``<name>`` per
+    seed (``pick_dss``) from the validation figures alone."""
     from training.models.dss import MERGES
     from training.train_dss import DSSArgs, merge_scorer, train_dss
 
     # SASRec's bench settings (dropout 0.5, patience 4), so the rows differ by the model alone
     args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5)
-    model, result, _ = train_dss(split, args)
+    model, result, _ = train_dss(split, args, merged=merged)
     model.eval()
+    n_target = split.data.n_items(split.target) if merged else None
     out: dict[str, float] = {}
     for rule in MERGES:
-        scorer = merge_scorer(model, args.max_len, rule)
-        for prefix, examples in ((f"{VALID}dss[{rule}]|", split.valid), (f"dss[{rule}]|", split.test)):
+        scorer = merge_scorer(model, args.max_len, rule, n_target)
+        for prefix, examples in ((f"{VALID}{name}[{rule}]|", split.valid), (f"{name}[{rule}]|", split.test)):
             metrics = evaluate_ranking(scorer, examples)
             if _DIVERSITY_ON:
                 metrics.update(split_diversity(scorer, split, examples))
@@ -114,16 +126,16 @@ def run_dss(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
     return out, result.epoch_s
 
 
-def pick_dss(cell: dict[str, float], reference: dict[str, float] | None) -> dict[str, float]:
+def pick_dss(cell: dict[str, float], reference: dict[str, float] | None, name: str = "dss") -> dict[str, float]:
     """A ``run_dss`` cell plus the row ``dss``: the merge rule ``choose_merge`` picks from the cell's VALIDATION
     figures against SASRec's (``reference``), its test (and ``valid ``) metrics, and ``chose <rule>``."""
     from training.models.dss import MERGES
     from training.train_dss import choose_merge
 
-    valid = {rule: {k.split("|", 1)[1]: v for k, v in cell.items() if k.startswith(f"{VALID}dss[{rule}]|")}
+    valid = {rule: {k.split("|", 1)[1]: v for k, v in cell.items() if k.startswith(f"{VALID}{name}[{rule}]|")}
              for rule in MERGES}
     chosen = choose_merge({r: m for r, m in valid.items() if m}, reference)
-    picked = {k.split("|", 1)[1]: v for k, v in cell.items() if k.startswith(f"dss[{chosen}]|")}
+    picked = {k.split("|", 1)[1]: v for k, v in cell.items() if k.startswith(f"{name}[{chosen}]|")}
     return {**cell, **picked, **{f"{VALID}{k}": v for k, v in valid[chosen].items()}, f"chose {chosen}": 1.0}
 
 
@@ -153,7 +165,8 @@ def runners() -> dict[str, Runner]:
         "popularity": run_popularity,
         "sasrec": sasrec_runner(False),
         "sasrec-merged": sasrec_runner(True),
-        "dss": run_dss,
+        "dss": dss_runner(False),
+        "dss-xd": dss_runner(True),
     }
     try:  # the cross-domain rows (GUR, CDSRec and its ablations), when that part is installed
         from bench.cross_domain import cross_domain_runners
@@ -226,7 +239,7 @@ def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[st
 
 
 COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"),
-            ("dss", "sasrec"))
+            ("dss", "sasrec"), ("dss-xd", "sasrec"), ("dss-xd", "dss"))
 
 
 def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[str]:
@@ -246,8 +259,8 @@ def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[
 def merge_text(records: list[dict[str, Any]]) -> str:
     """The DSS merge rules' note and their VALIDATION table (the figures the rule was picked on), when present."""
     valid = [r for r in records if r.get("split") == "valid" and r["metric"] in ("NDCG@10", *DIVERSITY[:2])
-             and (r["model"] == "sasrec" or r["model"].startswith("dss["))]
-    if not any(r["model"].startswith("dss[") for r in valid):
+             and (r["model"] == "sasrec" or r["model"].startswith(("dss[", "dss-xd[")))]
+    if not any(r["model"].startswith(("dss[", "dss-xd[")) for r in valid):
         return ""
     return f"""
 DSS rows: `dss[<rule>]` is the same trained model under each inference merge rule (training/models/dss.py
@@ -301,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
             shown = metrics.get("NDCG@10", metrics.get("dss[max]|NDCG@10", float("nan")))
             print(f"{target:>7} {model:<14} seed {seed}: NDCG@10 {shown:.4f} ({epoch_s:.1f} s/epoch)", flush=True)
     for (target, model, seed), (metrics, epoch_s) in list(results.items()):
-        if model == "dss":  # the merge rule, per seed, from validation figures alone
-            results[(target, model, seed)] = (pick_dss(metrics, sasrec_reference(results, target, seed)), epoch_s)
+        if model in ("dss", "dss-xd"):  # the merge rule, per seed, from validation figures alone
+            reference = sasrec_reference(results, target, seed)
+            results[(target, model, seed)] = (pick_dss(metrics, reference, model), epoch_s)
     records: list[dict[str, Any]] = []
     chosen: dict[tuple[str, str], list[str]] = {}  # (target, model) -> the merge rule each seed chose
     for target in ns.targets:

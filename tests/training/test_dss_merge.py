@@ -4,13 +4,14 @@ choice among them (training/train_dss.py ``choose_merge``) and the scorer every 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from training.data.splits import leave_one_out
-from training.data.synthetic import planted_intents
+from training.data.synthetic import planted_intents, synthetic_interactions
 from training.evaluation import evaluate_ranking, top_k_items
 from training.models.dss import MERGES, DSSConfig, intent_lists, merged_scores
 from training.train_dss import DSSArgs, choose_merge, merge_scorer, train_dss
@@ -96,3 +97,20 @@ def test_every_rule_scores_a_trained_model_and_quota_spreads_the_top_10_over_mor
         for row, hist in zip(top, split.test.target_hist, strict=True):
             assert not set(row.tolist()) & set(np.asarray(hist).tolist()), rule  # the seen filter
     assert len(np.unique(tops["quota"])) >= len(np.unique(tops["max"]))
+
+
+def test_the_cross_domain_variant_reads_both_histories_and_scores_target_items_only(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    split = leave_one_out(synthetic_interactions(), "music")
+    n_target = split.data.n_items("music")
+    args = DSSArgs(epochs=1, patience=1, dim=16, layers=1, intents=2, max_len=12, negatives=0)  # type: ignore[call-arg]
+    model, _, plain = train_dss(split, args, merged=True)
+    assert model.cfg.n_items == n_target + split.data.n_items("book")  # one vocabulary: target ids, then source
+    model.eval()
+    batch = split.test.subset(np.arange(16))
+    for scorer in (plain, merge_scorer(model, 12, "quota", n_target)):
+        assert scorer(batch).shape == (16, n_target + 1)  # target items only
+    shuffled = merge_scorer(model, 12, "max", n_target)(batch.with_shuffled_sources(np.random.default_rng(0)))
+    assert not torch.equal(shuffled, merge_scorer(model, 12, "max", n_target)(batch))  # the source history counts
+    with pytest.raises(ValueError, match="bench-only"):
+        train_dss(split, args, tmp_path / "xd.pt", merged=True)

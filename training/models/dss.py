@@ -278,6 +278,7 @@ def intent_lists(per_intent: torch.Tensor, pi: torch.Tensor, rule: str, lam: flo
         return merged.topk(length, dim=1).indices
     if rule not in ("quota", "round-robin"):
         raise ValueError(f"rule must be one of {MERGES}, got {rule!r}")
+    per_intent, pi = per_intent.detach(), pi.detach()  # a list is an index choice: no gradient flows through it
     tops = per_intent.topk(length, dim=2).indices.numpy()  # (M, K, length): each intent's best, best first
     ok = confident(pi, lam).numpy()
     weight = pi.numpy().astype(np.float64) if rule == "quota" else ok.astype(np.float64)
