@@ -6,9 +6,10 @@ Data: ``training.data.synthetic.planted_intents`` (600 users, 8 topics of 20 ite
 the minority intent's, the most recent items the majority's). Rows: SASRec, DSS with the defaults (K=4, max over
 intents, assignment from item embeddings, lambda=0.1, seq2seq weight 0.2) and one change each: K, lambda,
 score = weighted, assignment from encoder states, no seq2seq loss; and the default model's top 10 drawn across its
-intents (``intent_score`` quota / round-robin, inference only: the same trained model). Metrics: test HR@10 / HR@20 / NDCG@10 and
-the top-10's intra-list diversity against the planted topics (one-hot per topic). Small enough for CPU (about
-half a minute per seed). Writes docs/results.json (bench "dss_planted") and its section of docs/results.md.
+intents (``intent_score`` quota / round-robin, inference only: the same trained model). Metrics: test HR@10 /
+HR@20 / NDCG@10 and the top-10's intra-list diversity against the planted topics (one-hot per topic). Small
+enough for CPU (about half a minute per seed). Writes docs/results.json (bench "dss_planted") and its section of
+docs/results.md.
 """
 
 from __future__ import annotations
