@@ -5,9 +5,11 @@
 Data: ``training.data.synthetic.planted_intents`` (600 users, 8 topics of 20 items; the held-out test item is
 the minority intent's, the most recent items the majority's). Rows: SASRec, DSS with the defaults (K=4, max over
 intents, assignment from item embeddings, lambda=0.1, seq2seq weight 0.2) and one change each: K, lambda,
-score = weighted, assignment from encoder states, no seq2seq loss. Metrics: test HR@10 / HR@20 / NDCG@10 and
-the top-10's intra-list diversity against the planted topics (one-hot per topic). Small enough for CPU (about
-half a minute per seed). Writes docs/results.json (bench "dss_planted") and its section of docs/results.md.
+score = weighted, assignment from encoder states, no seq2seq loss; and the default model's top 10 drawn across its
+intents (``intent_score`` quota / round-robin, inference only: the same trained model). Metrics: test HR@10 /
+HR@20 / NDCG@10 and the top-10's intra-list diversity against the planted topics (one-hot per topic). Small
+enough for CPU (about half a minute per seed). Writes docs/results.json (bench "dss_planted") and its section of
+docs/results.md.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from bench.results import data_parser, record, table, update_json, update_markdo
 from training.data.splits import leave_one_out
 from training.data.synthetic import planted_intents
 from training.evaluation import diversity_metrics, evaluate_ranking, top_k_items
-from training.train_dss import DSSArgs, train_dss
+from training.train_dss import DSSArgs, merge_scorer, train_dss
 from training.train_sasrec import SASRecArgs, train_sasrec
 
 BENCH, DATASET, TASK = "dss_planted", "planted-intents", "target=shop"
@@ -56,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         last = np.array([h[-1] for h in split.test.target_hist])
         scorers = {"sasrec": train_sasrec(split, SASRecArgs(**COMMON, seed=seed))[2]}
         for name, extra in VARIANTS.items():
-            scorers[name] = train_dss(split, DSSArgs(**COMMON, **extra, seed=seed))[2]
+            model, _, scorers[name] = train_dss(split, DSSArgs(**COMMON, **extra, seed=seed))
+            if name == "dss":  # the same trained model, its list drawn across the intents
+                for rule in ("quota", "round-robin"):
+                    scorers[f"dss intent_score={rule}"] = merge_scorer(model.eval(), COMMON["max_len"], rule)
         for name, scorer in scorers.items():
             metrics = {**evaluate_ranking(scorer, split.test),
                        **diversity_metrics(top_k_items(scorer, split.test), last, reference)}
@@ -74,8 +79,9 @@ Command: `{command.strip()}` ({(time.perf_counter() - wall) / 60:.1f} min on thi
 
 Synthetic users with a majority and a minority intent (`training.data.synthetic.planted_intents`); the test item
 is the minority intent's, the most recent items are the majority's. DSS defaults: K=4, max over intents,
-assignment from item embeddings, lambda=0.1, seq2seq weight 0.2; each other row changes one of them. `ILD@10`
-against the planted topics. Mean ± std over {len(ns.seeds)} seeds.
+assignment from item embeddings, lambda=0.1, seq2seq weight 0.2; each other row changes one of them, except
+`intent_score=...`: the `dss` row's own trained model with its top 10 drawn across its intents (quota by
+presence, round-robin). `ILD@10` against the planted topics. Mean ± std over {len(ns.seeds)} seeds.
 
 {md}
 """)

@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.results import DOCS, data_parser, record, table, update_json, update_markdown
+from bench.results import DOCS, data_parser, record, table, tested, update_json, update_markdown
 from training.baselines import Popularity
 from training.data.loaders import load_art_office
-from training.data.splits import NextItemSplit, leave_one_out
+from training.data.splits import Examples, NextItemSplit, leave_one_out
 from training.evaluation import ScoreFn, diversity_metrics, evaluate_ranking, top_k_items
 from training.train_sasrec import SASRecArgs, train_sasrec
 
 BENCH, DATASET = "quality", "art-office"
 METRICS = ("HR@10", "NDCG@10", "MRR")
 DIVERSITY = ("ILD@10", "coverage@10", "repeat@10")
+VALID = "valid "  # prefix of a metric measured on the validation examples (recorded with split "valid")
 
 Runner = Callable[[NextItemSplit, int], tuple[dict[str, float], float]]  # -> test metrics, epoch seconds
 
@@ -44,15 +45,22 @@ Runner = Callable[[NextItemSplit, int], tuple[dict[str, float], float]]  # -> te
 _DIVERSITY_ON = False  # set in each worker by run_task (--diversity)
 
 
+def split_diversity(score_fn: ScoreFn, split: NextItemSplit, examples: Examples) -> dict[str, float]:
+    """ILD@10, coverage@10 and repeat@10 of ``score_fn``'s top 10 for ``examples`` (split.valid or split.test)."""
+    from training.data.text import item_text_vectors
+
+    vectors = item_text_vectors(split.data, split.target, progress=False)
+    last = [h[-1] if len(h) else 0 for h in examples.target_hist]
+    return diversity_metrics(top_k_items(score_fn, examples), np.asarray(last, np.int64), vectors)
+
+
 def test_metrics(score_fn: ScoreFn, split: NextItemSplit) -> dict[str, float]:
-    """Test ranking metrics, plus the diversity of the top 10 when --diversity is on."""
+    """Test ranking metrics, plus the diversity of the top 10 when --diversity is on, on test and (keys
+    ``valid <metric>``, recorded with split "valid") on validation: DSS picks its merge rule against SASRec's."""
     out = evaluate_ranking(score_fn, split.test)
     if _DIVERSITY_ON:
-        from training.data.text import item_text_vectors
-
-        vectors = item_text_vectors(split.data, split.target, progress=False)
-        last = [h[-1] if len(h) else 0 for h in split.test.target_hist]
-        out.update(diversity_metrics(top_k_items(score_fn, split.test), np.asarray(last, np.int64), vectors))
+        out.update(split_diversity(score_fn, split, split.test))
+        out.update({f"{VALID}{k}": v for k, v in split_diversity(score_fn, split, split.valid).items()})
     return out
 
 
@@ -72,13 +80,84 @@ def sasrec_runner(merged: bool) -> Runner:
     return run
 
 
-def run_dss(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
-    from training.train_dss import DSSArgs, train_dss
+def sasrec_valid_diversity(target: str, seed: int) -> dict[str, float] | None:
+    """SASRec's recorded VALID ILD@10 and coverage@10 on ``target`` (this seed's, else the mean; None when not
+    recorded: run ``--models sasrec --diversity`` first), DSS's reference for choosing its merge rule."""
+    path = DOCS / "results.json"
+    rows = [r for r in (json.loads(path.read_text()) if path.exists() else [])
+            if r.get("bench") == BENCH and r["model"] == "sasrec" and r.get("split") == "valid"
+            and r["task"] == f"target={target}" and r["metric"] in ("ILD@10", "coverage@10")]
+    if {r["metric"] for r in rows} != {"ILD@10", "coverage@10"}:
+        return None
+    return {r["metric"]: r["values"][seed] if seed < len(r["values"]) else r["mean"] for r in rows}
+
+
+def dss_runner(merged: bool) -> Runner:
+    """``dss`` (target history) or ``dss-xd`` (``merged``: both domains' histories interleaved, target items
+    scored; training/train_dss.py)."""
+    name = "dss-xd" if merged else "dss"
+
+    def run(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
+        return run_dss(split, seed, merged, name)
+
+    return run
+
+
+def run_dss(split: NextItemSplit, seed: int, merged: bool = False, name: str = "dss") -> tuple[dict[str, float], float]:
+    """One DSS model, scored under every merge rule (training/models/dss.py ``MERGES``) on validation and test:
+    keys ``<name>[<rule>]|<metric>`` (``valid `` first for validation). ``main`` then picks the row ``<name>`` per
+    seed (``pick_dss``) from the validation figures alone."""
+    from training.models.dss import MERGES
+    from training.train_dss import DSSArgs, merge_scorer, train_dss
 
     # SASRec's bench settings (dropout 0.5, patience 4), so the rows differ by the model alone
     args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5)
-    _, result, scorer = train_dss(split, args)
-    return test_metrics(scorer, split), result.epoch_s
+    model, result, _ = train_dss(split, args, merged=merged)
+    model.eval()
+    n_target = split.data.n_items(split.target) if merged else None
+    out: dict[str, float] = {}
+    for rule in MERGES:
+        scorer = merge_scorer(model, args.max_len, rule, n_target)
+        for prefix, examples in ((f"{VALID}{name}[{rule}]|", split.valid), (f"{name}[{rule}]|", split.test)):
+            metrics = evaluate_ranking(scorer, examples)
+            if _DIVERSITY_ON:
+                metrics.update(split_diversity(scorer, split, examples))
+            out.update({prefix + k: v for k, v in metrics.items()})
+    return out, result.epoch_s
+
+
+def pick_dss(cell: dict[str, float], reference: dict[str, float] | None, name: str = "dss") -> dict[str, float]:
+    """A ``run_dss`` cell plus the row ``dss``: the merge rule ``choose_merge`` picks from the cell's VALIDATION
+    figures against SASRec's (``reference``), its test (and ``valid ``) metrics, and ``chose <rule>``."""
+    from training.models.dss import MERGES
+    from training.train_dss import choose_merge
+
+    valid = {rule: {k.split("|", 1)[1]: v for k, v in cell.items() if k.startswith(f"{VALID}{name}[{rule}]|")}
+             for rule in MERGES}
+    chosen = choose_merge({r: m for r, m in valid.items() if m}, reference)
+    picked = {k.split("|", 1)[1]: v for k, v in cell.items() if k.startswith(f"{name}[{chosen}]|")}
+    return {**cell, **picked, **{f"{VALID}{k}": v for k, v in valid[chosen].items()}, f"chose {chosen}": 1.0}
+
+
+def sasrec_reference(results: dict[tuple[str, str, int], tuple[dict[str, float], float]], target: str,
+                     seed: int) -> dict[str, float] | None:
+    """SASRec's valid ILD@10 and coverage@10 for this target and seed: from this run, else the recorded ones."""
+    cell = results.get((target, "sasrec", seed))
+    if cell is not None and all(f"{VALID}{m}" in cell[0] for m in ("ILD@10", "coverage@10")):
+        return {m: cell[0][f"{VALID}{m}"] for m in ("ILD@10", "coverage@10")}
+    return sasrec_valid_diversity(target, seed)
+
+
+def cached_cells(path: Path | None, diversity: bool) -> dict[tuple[str, str, int], tuple[dict[str, float], float]]:
+    """The cells an earlier (possibly interrupted) run with the same ``--cells`` file finished."""
+    out: dict[tuple[str, str, int], tuple[dict[str, float], float]] = {}
+    if path is None or not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        c = json.loads(line)
+        if c["diversity"] == diversity:
+            out[(c["target"], c["model"], c["seed"])] = (c["metrics"], c["epoch_s"])
+    return out
 
 
 def runners() -> dict[str, Runner]:
@@ -86,7 +165,8 @@ def runners() -> dict[str, Runner]:
         "popularity": run_popularity,
         "sasrec": sasrec_runner(False),
         "sasrec-merged": sasrec_runner(True),
-        "dss": run_dss,
+        "dss": dss_runner(False),
+        "dss-xd": dss_runner(True),
     }
     try:  # the cross-domain rows (GUR, CDSRec and its ablations), when that part is installed
         from bench.cross_domain import cross_domain_runners
@@ -138,7 +218,7 @@ def kept_records(targets: set[str], models: set[str]) -> list[dict[str, Any]]:
     path = DOCS / "results.json"
     old = json.loads(path.read_text()) if path.exists() else []
     return [r for r in old if r.get("bench") == BENCH
-            and not (r["model"] in models and r["task"].removeprefix("target=") in targets)]
+            and not (r["model"].split("[")[0] in models and r["task"].removeprefix("target=") in targets)]
 
 
 def previous_commands() -> list[str]:
@@ -153,11 +233,13 @@ def previous_commands() -> list[str]:
 def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
     """Rows by task, then in the bench's model order (popularity first), whatever run they came from."""
     rank = {m: i for i, m in enumerate(models)}
-    return sorted(records, key=lambda r: (r["task"], rank.get(r["model"], len(rank))))
+    # a model's variants (``dss[quota]``) right after it
+    return sorted(records, key=lambda r: (r["task"], rank.get(r["model"].split("[")[0], len(rank)),
+                                          "[" in r["model"]))
 
 
 COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"),
-            ("dss", "sasrec"))
+            ("dss", "sasrec"), ("dss-xd", "sasrec"), ("dss-xd", "dss"))
 
 
 def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[str]:
@@ -174,6 +256,25 @@ def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[
     return out
 
 
+def merge_text(records: list[dict[str, Any]]) -> str:
+    """The DSS merge rules' note and their VALIDATION table (the figures the rule was picked on), when present."""
+    valid = [r for r in records if r.get("split") == "valid" and r["metric"] in ("NDCG@10", *DIVERSITY[:2])
+             and (r["model"] == "sasrec" or r["model"].startswith(("dss[", "dss-xd[")))]
+    if not any(r["model"].startswith(("dss[", "dss-xd[")) for r in valid):
+        return ""
+    return f"""
+DSS rows: `dss[<rule>]` is the same trained model under each inference merge rule (training/models/dss.py
+`intent_lists`: `max` and `weighted` score orders; `quota` shares the top of the list among the intents present
+above lambda in proportion to their presence, `round-robin` in equal turns). The `dss` row takes, per seed, the
+rule with the best VALIDATION NDCG@10 among those whose validation ILD@10 and coverage@10 beat SASRec's (else the
+best validation NDCG@10): `bench.quality.pick_dss`; test figures never enter the choice. A merged list's metrics
+read the target's position in it (the first 20), beyond it its max-score rank among the rest (so MRR is still a
+full-ranking MRR). The validation figures the choice was made on:
+
+{table(valid, ["NDCG@10", *DIVERSITY[:2]])}
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = data_parser(__doc__)
     p.add_argument("--targets", nargs="+", default=["art", "office"])
@@ -183,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--diversity", action="store_true", help="add ILD@10, coverage@10, repeat@10 (see above)")
     p.add_argument("--keep", action="store_true",
                    help="keep the recorded rows of models not run now (rerun some rows, keep the table)")
+    p.add_argument("--cells", type=Path, default=None,
+                   help="a JSON-lines file: each finished cell is appended, and cells already there are not rerun "
+                        "(an interrupted run resumes; rerun with the finished seeds to record them)")
     ns = p.parse_args(argv)
     available = runners()
     models = ns.models or list(available)
@@ -190,24 +294,50 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown models {unknown}; available: {list(available)}", file=sys.stderr)
         return 2
-    tasks = [(t, m, seed) for t in ns.targets for m in models for seed in ns.seeds]
+    # seed-major: an interrupted run (``--cells``) has whole seeds of every model and target done first
+    tasks = [(t, m, seed) for seed in ns.seeds for t in ns.targets for m in models]
     wall = time.perf_counter()
+    done = cached_cells(ns.cells, ns.diversity)
+    results = {task: done[task] for task in tasks if task in done}
     # independent cells run side by side, one torch thread each: on 2 cores that beats 2 threads per model
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=ns.jobs, mp_context=ctx) as pool:
-        futures = {task: pool.submit(run_task, ns.data_root, *task, ns.threads, ns.diversity) for task in tasks}
-        results = {}
-        for (target, model, seed), fut in futures.items():
+        futures = {pool.submit(run_task, ns.data_root, *task, ns.threads, ns.diversity): task
+                   for task in tasks if task not in results}
+        for fut in as_completed(futures):  # each cell saved as it finishes (``--cells``)
+            target, model, seed = futures[fut]
             metrics, epoch_s = results[(target, model, seed)] = fut.result()
-            print(f"{target:>7} {model:<14} seed {seed}: NDCG@10 {metrics['NDCG@10']:.4f} "
-                  f"HR@10 {metrics['HR@10']:.4f} ({epoch_s:.1f} s/epoch)", flush=True)
+            if ns.cells is not None:
+                with ns.cells.open("a") as f:
+                    f.write(json.dumps({"target": target, "model": model, "seed": seed, "diversity": ns.diversity,
+                                        "metrics": metrics, "epoch_s": epoch_s}) + "\n")
+            shown = metrics.get("NDCG@10", metrics.get("dss[max]|NDCG@10", float("nan")))
+            print(f"{target:>7} {model:<14} seed {seed}: NDCG@10 {shown:.4f} ({epoch_s:.1f} s/epoch)", flush=True)
+    for (target, model, seed), (metrics, epoch_s) in list(results.items()):
+        if model in ("dss", "dss-xd"):  # the merge rule, per seed, from validation figures alone
+            reference = sasrec_reference(results, target, seed)
+            results[(target, model, seed)] = (pick_dss(metrics, reference, model), epoch_s)
     records: list[dict[str, Any]] = []
+    chosen: dict[tuple[str, str], list[str]] = {}  # (target, model) -> the merge rule each seed chose
     for target in ns.targets:
         for model in models:
             cells = [results[(target, model, seed)] for seed in ns.seeds]
             for m in (*METRICS, *DIVERSITY):
                 if all(m in c[0] for c in cells):  # diversity: only with --diversity, for the models that have it
                     records.append(record(BENCH, DATASET, f"target={target}", model, m, [c[0][m] for c in cells]))
+            for m in sorted({k for c in cells for k in c[0] if k.startswith(VALID) and "|" not in k}):
+                if all(m in c[0] for c in cells):
+                    records.append(record(BENCH, DATASET, f"target={target}", model, m.removeprefix(VALID),
+                                          [c[0][m] for c in cells], split="valid"))
+            chosen[(target, model)] = [k.removeprefix("chose ") for c in cells for k in c[0] if k.startswith("chose ")]
+            # the rows of a model's variants scored from the same trained model (DSS's merge rules)
+            subs = dict.fromkeys(k.removeprefix(VALID).split("|")[0] for c in cells for k in c[0] if "|" in k)
+            for sub in subs:
+                for split_name, prefix in (("test", f"{sub}|"), ("valid", f"{VALID}{sub}|")):
+                    for m in (*METRICS, *DIVERSITY):
+                        if all(prefix + m in c[0] for c in cells):
+                            records.append(record(BENCH, DATASET, f"target={target}", sub, m,
+                                                  [c[0][prefix + m] for c in cells], split=split_name))
             records.append(record(BENCH, DATASET, f"target={target}", model, "epoch_s", [c[1] for c in cells]))
     minutes = (time.perf_counter() - wall) / 60
     command = "python -m bench.quality " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -218,16 +348,20 @@ def main(argv: list[str] | None = None) -> int:
         lines = [*previous_commands(), run_line]
         how = "Commands (the rows of a later run replace an earlier run's):\n" + "\n".join(f"- {x}" for x in lines)
     shown = [*METRICS, *(m for m in DIVERSITY if any(r["metric"] == m for r in records)), "epoch_s"]
-    md = table(records, shown)
-    lines = comparisons(records) + [x for m in DIVERSITY[:2] for x in comparisons(records, m) if "dss" in x]
+    md = table(tested(records), shown)  # validation records stay in results.json only
+    lines = comparisons(tested(records)) + [
+        x for m in DIVERSITY[:2] for x in comparisons(tested(records), m) if "dss" in x]
     md += "\n\n" + "\n".join(lines) if lines else ""
+    picks = [f"{t} {m}: {', '.join(r)}" for (t, m), r in chosen.items() if r]
+    if picks:
+        md += ("\n\nMerge rule chosen on validation (``choose_merge``), per seed: " + "; ".join(picks) + ".")
     print(md)
     # with --keep, rows of earlier runs may have other seed counts: say so rather than one wrong number
     counts = sorted({int(r["seeds"]) for r in records})
     seeds_text = f"{counts[0]} seeds" if len(counts) == 1 else (
         "the seeds of each row's run (" + " or ".join(map(str, counts)) + "; ± 0.0000 is one seed)")
     update_json(BENCH, records)
-    plot(records, DOCS / "quality.png")
+    plot(tested(records), DOCS / "quality.png")
     update_markdown(BENCH, f"""## Next-item recommendation, Amazon Art-Office (bench `quality`)
 
 {how}
@@ -236,7 +370,7 @@ Leave-one-out in time order per target domain; test metrics over the full target
 excluded), mean ± std over {seeds_text}; `epoch_s` is train time per epoch.
 
 {md}
-
+{merge_text(records)}
 ![test NDCG@10 per model](quality.png)
 """)
     return 0

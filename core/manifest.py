@@ -103,7 +103,9 @@ class GraphSpec(_Strict):
     # a K-vector user encoder (DSS): the output is (batch, intents, dim), one query per intent, and an item
     # scores its best over them (intent_score "max"). None (bundles before it, every other graph): one vector.
     intents: int | None = Field(default=None, ge=1)
-    intent_score: Literal["max"] | None = None
+    # "quota" / "round-robin" (training/models/dss.py ``intent_lists``): the list is drawn across the intents; the
+    # graph then outputs each intent's unit vector times its presence (0 for an intent below the threshold)
+    intent_score: Literal["max", "quota", "round-robin"] | None = None
     # the output does not depend on leading all-padding columns: export measured max |ORT(max_len) - ORT(cut)|
     # (trim_max_abs_diff) within the parity tolerance, so the service feeds every input cut by
     # core.sequence.trim_padding. False (bundles before it; a graph with absolute positions): always max_len.
@@ -225,14 +227,14 @@ class Manifest(_Strict):
                 problems.append(f"graph {g.name} targets {g.target_domain}; index {g.index!r}: {idx.domain}")
             if g.intents is not None and (
                 g.kind != "user_encoder"
-                or g.intent_score != "max"
+                or g.intent_score is None
                 or [len(o.shape) for o in g.outputs] != [3]
                 or g.outputs[0].shape[1:] != [g.intents, g.dim]
             ):
                 shapes = [o.shape for o in g.outputs]
                 problems.append(
                     f"graph {g.name} declares {g.intents} intents (score {g.intent_score}) but is a {g.kind} with "
-                    f"outputs {shapes}: a K-vector user encoder outputs one (batch, {g.intents}, {g.dim}), max score"
+                    f"outputs {shapes}: a K-vector user encoder outputs (batch, {g.intents}, {g.dim}), with a score"
                 )
             elif g.intents is None and g.intent_score is not None:
                 problems.append(f"graph {g.name} has an intent_score but no intents")

@@ -429,7 +429,7 @@ def _build(
                 opset=opts.opset,
                 parity=report,
                 intents=g.intents,
-                intent_score="max" if g.intents else None,
+                intent_score=g.intent_score if g.intents else None,
                 trims_padding=trim <= opts.parity.tolerance,
                 trim_max_abs_diff=trim if np.isfinite(trim) else None,
                 optimized_file=optimized,

@@ -6,7 +6,16 @@ source sequence unused (DSS reads the target history only), and the manifest rec
 ``intent_score = "max"``; the service then searches the K queries in one batched FAISS call and merges them
 by their best score (service.adapters.faiss_index ``search_intents``). With ``score="weighted"`` an item's score is
 ``sum_k pi_k <phi_k, e>`` = ``<sum_k pi_k phi_k, e>``: one vector, so that model is exported as an ordinary
-single-vector user encoder (``WeightedDSSTower``) and the manifest records no intents.
+single-vector user encoder (``WeightedDSSTower``) and the manifest records no intents; so is a max-trained model
+whose inference merge (``DSSConfig.intent_score``) is ``weighted``.
+
+An intent-aware merge (``intent_score`` "quota" or "round-robin", training/models/dss.py ``intent_lists``) needs
+each intent's presence pi_k as well as its ranking. Rather than a second graph output (which the encoder,
+batcher and refresh cache would all have to carry), the graph outputs ``unit(phi_k) * pi_k`` for the intents
+present above the threshold and 0 for the others (``PresenceDSSTower``): a positive scale leaves each intent's
+ranking of the items unchanged, a row's norm IS its presence (0: not confident), and the signature stays
+``(B, K, D)``, so a cached user is still K * D floats. The manifest records the rule; the service's
+``search_intents`` reads the norms back.
 
 ``merged_top_k`` is the export side's max-over-intents top-k (parity's top-10 overlap of torch vs onnxruntime
 over all K vectors).
@@ -24,7 +33,7 @@ import torch
 from torch import nn
 
 from export.towers import ExportError, Graph, declared, graph_from
-from training.models.dss import DSS
+from training.models.dss import DSS, confident
 
 
 class DSSTower(nn.Module):
@@ -33,6 +42,7 @@ class DSSTower(nn.Module):
     def __init__(self, model: DSS) -> None:
         super().__init__()
         self.model = model
+        self.cfg = model.cfg  # read by ``intent_score`` and the presence tower's threshold
 
     def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model(target_seq)  # (B, T) -> (B, K, D); source_seq is unused
@@ -48,6 +58,21 @@ class WeightedDSSTower(DSSTower):
     def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
         phi, pi = self.model.intents(target_seq)  # (B, K, D), (B, K)
         return (pi[..., None] * phi).sum(dim=1)  # (B, D)
+
+
+class PresenceDSSTower(DSSTower):
+    """An intent-aware merge's export (module docstring): (B, K, D) rows ``unit(phi_k) * pi_k``, 0 below lam."""
+
+    def forward(self, target_seq: torch.Tensor, source_seq: torch.Tensor) -> torch.Tensor:
+        phi, pi = self.model.last_intents(target_seq)  # (B, K, D), (B, K)
+        present = pi * confident(pi, self.cfg.lam).to(pi.dtype)  # (B, K): 0 for an intent below the threshold
+        return nn.functional.normalize(phi, dim=-1) * present[..., None]
+
+
+def intent_score(module: nn.Module) -> str:
+    """The manifest's ``intent_score`` of an exported K-vector tower: the model's inference merge."""
+    cfg = getattr(module, "cfg", None)
+    return str(getattr(cfg, "intent_score", "max"))
 
 
 def is_dss(model: nn.Module) -> bool:
@@ -68,8 +93,9 @@ def dss_graph(
         raise ExportError(f"{path or '<model>'}: {type(model).__name__} is not a DSS model")
     if spec.intent_score == "weighted":  # one vector: an ordinary user tower
         tower = dataclasses.replace(spec, role="user_tower", module=WeightedDSSTower(model), intents=None)
-    else:
-        tower = dataclasses.replace(spec, module=DSSTower(model))
+    else:  # K vectors; an intent-aware merge exports each intent's unit vector times its presence
+        module = PresenceDSSTower(model) if spec.intent_score in ("quota", "round-robin") else DSSTower(model)
+        tower = dataclasses.replace(spec, module=module)
     return graph_from(tower, meta, path, target, source, type(tower.module).__name__)
 
 

@@ -110,6 +110,7 @@ class Graph:
     data: str | None = None  # the data the checkpoint was trained on, as its meta names it
     text_model: str | None = None  # a text model (TextSeqTower): the sentence model its text tower reads
     intents: int | None = None  # a K-vector user encoder (DSS, export/dss.py): output (B, K, D), max over K
+    intent_score: str | None = None  # how a K-vector encoder's lists merge (manifest GraphSpec.intent_score)
 
     @property
     def name(self) -> str:
@@ -199,6 +200,7 @@ def graph_from(
         data=meta.get("data"),
         text_model=None if spec.text is None else (str(meta.get("text_model") or spec.text.text_model) or None),
         intents=spec.intents if spec.role == "intents" else None,
+        intent_score=spec.intent_score if spec.role == "intents" else None,
     )
 
 

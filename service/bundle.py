@@ -116,6 +116,7 @@ class Graph:
     index: str
     encoder: Encoder
     intents: int | None = None  # a K-vector user encoder (DSS): (B, K, D) out, searched as K queries (max)
+    intent_score: str | None = None  # how the K lists merge (manifest GraphSpec.intent_score; None = "max")
 
     def read_domains(self) -> list[str]:
         return [i.domain for i in self.inputs if i.domain is not None]
@@ -188,7 +189,8 @@ def _graph(spec: GraphSpec, encoder: Encoder, problems: list[str]) -> Graph:
     if spec.kind == "bridge" and not any(i.domain == spec.source_domain for i in inputs):
         problems.append(f"{spec.file}: a bridge that reads no {spec.source_domain} sequence")
     return Graph(
-        spec.name, spec.kind, spec.target_domain, spec.source_domain, inputs, spec.index, encoder, spec.intents
+        spec.name, spec.kind, spec.target_domain, spec.source_domain, inputs, spec.index, encoder, spec.intents,
+        spec.intent_score,
     )
 
 

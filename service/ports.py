@@ -97,7 +97,8 @@ class VectorStore(Protocol):
 
 class Encoder(Protocol):
     def __call__(self, feeds: Mapping[str, IntArray]) -> FloatArray:
-        """Named (B, T) int64 sequences -> (B, D) float32 user vectors."""
+        """Named (B, T) int64 sequences -> (B, D) float32 user vectors, or (B, K, D) for a K-vector user encoder
+        (DSS: ``Graph.intents`` = K, one query per intent)."""
         ...
 
 
@@ -107,7 +108,9 @@ class ItemIndex(Protocol):
 
     def search(self, query: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
         """The ``k`` rows scoring highest against ``query`` (D,), best first, none of them in ``exclude`` (rows
-        of this index); fewer only when the index holds fewer than ``k`` rows outside ``exclude``."""
+        of this index); fewer only when the index holds fewer than ``k`` rows outside ``exclude``. A (K, D)
+        ``query`` is a DSS user's K intent vectors: the rows with the best score over them (max), or drawn
+        across them by an intent-aware merge (service.adapters.faiss_index ``search_intents``)."""
         ...
 
     def vector(self, row: int) -> FloatArray:

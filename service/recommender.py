@@ -26,8 +26,10 @@ encode live as before.
 
 Multi-interest retrieval: a K-vector user encoder (a DSS bundle, ``Graph.intents``) gives (K, D) per user;
 the index searches the K queries in one batched FAISS call and merges them by each item's best score
-(service.adapters.faiss_index ``search_intents``), with the same exclusions, and the answer's strategy is ``dss``. The
-refresh job caches such a user's K * D floats, read back here as K queries (``_intent_rows``).
+(service.adapters.faiss_index ``search_intents``), with the same exclusions, and the answer's strategy is ``dss``. A
+graph whose manifest ``intent_score`` is intent-aware ("quota", "round-robin") draws the list across the
+intents instead (the index's ``intent_view``, ``_intent_merged``). The refresh job caches such a user's K * D
+floats, read back here as K queries (``_intent_rows``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence, Set
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Literal, cast
 
 from core.redis_keys import FORBIDDEN_IN_IDS, emb_key, pack_embedding, sequence_fingerprint, unpack_embedding
 from service.batcher import Batcher, Ranked
@@ -364,7 +366,7 @@ class Recommender:
     ) -> Recommendation:
         feeds = graph.feeds(seqs, b.catalogues)
         cat = b.catalogues[graph.target_domain]
-        index = b.indexes[graph.index]
+        index = _intent_merged(b.indexes[graph.index], graph)
         try:
             if self.batcher is not None:
                 rows, scores = await self.batcher.run(graph, index, feeds, k, excluded)
@@ -383,7 +385,8 @@ class Recommender:
         """The user encoder's answer from the refresh job's vector: the search alone, no encoder call."""
         cat = b.catalogues[encoder.target_domain]
         try:
-            rows, scores = await self._call(partial(b.indexes[encoder.index].search, vector, k, excluded))
+            index = _intent_merged(b.indexes[encoder.index], encoder)
+            rows, scores = await self._call(partial(index.search, vector, k, excluded))
         except Exception as exc:
             log.exception("search on a cached vector failed; answering popularity")
             return self._popular(b, cat, k, excluded, degraded=True, fallback=f"model_error:{type(exc).__name__}")
@@ -431,6 +434,17 @@ def _fresh_vector(
 def _encoder_strategy(encoder: Graph) -> Strategy:
     """A K-vector user encoder (DSS) answers ``dss`` (multi-interest retrieval); a one-vector one ``gur``."""
     return "gur" if encoder.intents is None else "dss"
+
+
+def _intent_merged(index: ItemIndex, graph: Graph) -> ItemIndex:
+    """The index a DSS graph searches: with an intent-aware ``intent_score`` (quota, round-robin) its view that
+    draws the list across the K intents (service.adapters.faiss_index ``intent_view``); otherwise the index itself."""
+    if graph.intents is None or graph.intent_score in (None, "max"):
+        return index
+    view = getattr(index, "intent_view", None)
+    if view is None:
+        raise TypeError(f"{type(index).__name__} cannot merge intents by {graph.intent_score!r}")
+    return cast(ItemIndex, view(graph.intent_score))
 
 
 def _intent_rows(vector: FloatArray, encoder: Graph) -> FloatArray | None:

@@ -18,11 +18,19 @@ from pydantic.dataclasses import dataclass
 
 from training import checkpoint
 from training.args import NextItemArgs
-from training.data.batches import next_item_pairs, shuffled_batches, trim_left_padding
+from training.data.batches import encode_histories, next_item_pairs, shuffled_batches, trim_left_padding
 from training.data.splits import Examples, NextItemSplit
 from training.evaluation import evaluate_ranking, sequence_scorer
 from training.fit import FitResult, epoch_of, fit
-from training.models.dss import DSS, DSSConfig, item_loss, reversed_future, seq2seq_loss
+from training.models.dss import (
+    DSS,
+    MERGES,
+    DSSConfig,
+    item_loss,
+    merged_scores,
+    reversed_future,
+    seq2seq_loss,
+)
 from training.models.sasrec import popularity_sampler
 
 
@@ -39,15 +47,23 @@ class DSSArgs(NextItemArgs):
         "item", description="p(k|i) from the cosine of item (embeddings) or encoder (state)s to the prototypes"
     )
     seq2seq_weight: float = Field(0.2, ge=0, description="weight of the latent seq2seq loss (0: seq2item only)")
+    intent_score: str = Field(
+        "max", description="inference merge of the intents' lists: max | weighted | quota | round-robin "
+        "(training/models/dss.py intent_lists); the export serves it"
+    )
 
 
 def dss_step(
-    model: DSS, x: torch.Tensor, y: torch.Tensor, args: DSSArgs, sampler: torch.Tensor | None
+    model: DSS, x: torch.Tensor, y: torch.Tensor, args: DSSArgs, sampler: torch.Tensor | None,
+    n_output: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of trimmed next-item rows x, y (B, W) -> (seq2item loss, seq2seq loss)."""
+    """One batch of trimmed next-item rows x, y (B, W) -> (seq2item loss, seq2seq loss). ``n_output``: only labels
+    1..n_output are predicted, over those items alone (the cross-domain variant: target ids first); the seq2seq
+    loss still reads the whole row."""
     phi, pi = model.intents_all(x)  # (B, W, K, D), (B, W, K)
-    real = y > 0
-    s2i = item_loss(phi[real], pi[real], y[real], model.item_vectors(), model.cfg.score, args.negatives, sampler)
+    items = model.item_vectors() if n_output is None else model.item_vectors()[: n_output + 1]
+    real = (y > 0) if n_output is None else (y > 0) & (y <= n_output)
+    s2i = item_loss(phi[real], pi[real], y[real], items, model.cfg.score, args.negatives, sampler)
     if args.seq2seq_weight <= 0:
         return s2i, torch.zeros((), device=x.device)
     full = torch.cat([x, y[:, -1:]], dim=1)  # (B, W + 1): the whole row x_1..x_L
@@ -62,25 +78,43 @@ def dss_step(
 
 
 def train_dss(
-    split: NextItemSplit, args: DSSArgs, out: Path | None = None
+    split: NextItemSplit, args: DSSArgs, out: Path | None = None, merged: bool = False
 ) -> tuple[DSS, FitResult, Callable[[Examples], torch.Tensor]]:
+    """``merged``: the cross-domain variant (bench row ``dss-xd``): intents over the user's two domains' histories
+    interleaved in time (target ids 1..Nt, source ids after them, as ``sasrec-merged``), next-item loss and
+    scores on target items only. Bench only: it writes no checkpoint (export and ``cdrec evaluate`` read the
+    target history alone)."""
+    if merged and out is not None:
+        raise ValueError("the cross-domain DSS variant is bench-only: it writes no checkpoint")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     data, target = split.data, split.target
     n_target = data.n_items(target)
-    inputs, labels = next_item_pairs(list(split.train_sequences(target).values()), args.max_len)
+    n_vocab = n_target
+    if merged:
+        assert split.source is not None, "the cross-domain variant needs exactly two domains"
+        train = split.train.sort_values(["user", "order"], kind="stable")
+        ids = train["item"].to_numpy() + np.where(train["domain"].to_numpy() == target, 0, n_target)
+        seqs = np.split(ids, np.flatnonzero(np.diff(train["user"].to_numpy())) + 1)
+        n_vocab += data.n_items(split.source)
+        inputs, labels = next_item_pairs(seqs, args.max_len)
+        keep = ((labels > 0) & (labels <= n_target)).any(axis=1)  # rows with no target label teach nothing
+        inputs, labels = inputs[keep], labels[keep]
+    else:
+        inputs, labels = next_item_pairs(list(split.train_sequences(target).values()), args.max_len)
 
-    cfg = DSSConfig(n_target, args.dim, args.layers, args.heads, args.dropout, args.max_len, args.intents,
-                    args.tau, args.lam, args.score, args.assign)
+    cfg = DSSConfig(n_vocab, args.dim, args.layers, args.heads, args.dropout, args.max_len, args.intents,
+                    args.tau, args.lam, args.score, args.assign, args.intent_score)
     model = DSS(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scorer = sequence_scorer(model, args.max_len)
-    sampler = popularity_sampler(labels, n_target, args.neg_power)
+    scorer = sequence_scorer(model, args.max_len, n_target if merged else None, merged)
+    # negatives: target items only
+    sampler = popularity_sampler(np.where(labels > n_target, 0, labels), n_target, args.neg_power)
 
     def batch_losses() -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         for batch in shuffled_batches([inputs, labels], args.batch_size, rng):
             x, y = trim_left_padding(*batch)
-            s2i, s2s = dss_step(model, x, y, args, sampler)
+            s2i, s2s = dss_step(model, x, y, args, sampler, n_target if merged else None)
             loss = s2i + args.seq2seq_weight * s2s
             yield loss
 
@@ -91,3 +125,39 @@ def train_dss(
                  out, meta, desc=f"dss {target}",
                  items=checkpoint.catalogue(data, (target, split.source)) if out is not None else None)
     return model, result, scorer
+
+
+def merge_scorer(
+    model: DSS, max_len: int, rule: str, n_target: int | None = None
+) -> Callable[[Examples], torch.Tensor]:
+    """A full-ranking scorer of the trained ``model`` under the inference merge ``rule`` (``MERGES``): the
+    intent-aware list first (history excluded, as the service's seen filter), then the rest by max score
+    (``merged_scores``). Inference only: the same trained model is scored under every rule. ``n_target``: the
+    cross-domain variant (``train_dss(merged=True)``): it reads the merged history, scores target items only."""
+
+    def score(ex: Examples) -> torch.Tensor:
+        hist = ex.target_hist if n_target is None else ex.merged_hist(n_target)
+        phi, pi = model.last_intents(encode_histories(hist, max_len))  # (B, K, D), (B, K)
+        items = model.item_vectors() if n_target is None else model.item_vectors()[: n_target + 1]
+        per_intent = torch.einsum("bkd,nd->bkn", phi, items)  # (B, K, N + 1)
+        excluded = torch.zeros(per_intent.shape[0], per_intent.shape[2], dtype=torch.bool)
+        excluded[:, 0] = True  # padding
+        for row, items in enumerate(ex.target_hist):
+            excluded[row, torch.as_tensor(np.asarray(items, dtype=np.int64))] = True
+        return merged_scores(per_intent, pi, rule, model.cfg.lam, excluded)
+
+    return score
+
+
+def choose_merge(valid: dict[str, dict[str, float]], reference: dict[str, float] | None) -> str:
+    """The merge rule, from VALIDATION figures only: ``valid`` rule -> its valid NDCG@10, ILD@10, coverage@10;
+    ``reference`` SASRec's valid ILD@10 and coverage@10. The best valid NDCG@10 among the rules whose valid
+    ILD@10 AND coverage@10 are above the reference's; when none is (or there is no reference), the best valid
+    NDCG@10 of all rules. Ties go to the earlier rule of ``MERGES``."""
+    rules = [r for r in MERGES if r in valid]
+    if not rules:
+        raise ValueError(f"no merge rule evaluated; expected some of {MERGES}")
+    diverse = [r for r in rules if reference is not None
+               and all(valid[r][m] > reference[m] for m in ("ILD@10", "coverage@10"))]
+    pool = diverse or rules
+    return max(pool, key=lambda r: (valid[r]["NDCG@10"], -rules.index(r)))

@@ -131,9 +131,13 @@ class FaissItemIndex:
             return True
         return depth > (self._ef if self.type == "hnsw" else DEEPER_MAX)
 
-    def search_intents(self, queries: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
+    def search_intents(
+        self, queries: FloatArray, k: int, exclude: Set[int], merge: str = "max"
+    ) -> tuple[list[int], list[float]]:
         """Multi-interest retrieval: the ``k`` rows outside ``exclude`` with the highest best score over the K
-        intent vectors ``queries`` (K, D), best first, each with that best score.
+        intent vectors ``queries`` (K, D), best first, each with that best score (``merge="max"``); an
+        intent-aware ``merge`` ("quota", "round-robin") draws the list across the intents instead
+        (``_drawn``).
 
         ONE FAISS search of the K queries, each ``k + |exclude|`` deep (no further over-fetch is needed for an
         exact index: a row in the true top k, where it scores best with intent j, is in j's list, since every row
@@ -146,6 +150,8 @@ class FaissItemIndex:
         if want <= 0:
             return [], []
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(queries.shape[0], -1)  # (K, D)
+        if merge != "max":
+            return self._drawn(q, want, exclude, merge)
         _, ids = self._search_deep(q, min(n, k + len(exclude)))  # (K, depth)
         found = np.unique(ids[ids >= 0])
         if exclude:
@@ -153,6 +159,48 @@ class FaissItemIndex:
         if len(found) < want:  # an approximate index came back short: exact best scores over every row
             return self._ranked_best(np.arange(n), q, want, exclude)
         return self._ranked_best(found, q, want, frozenset())
+
+    def _drawn(self, q: FloatArray, k: int, exclude: Set[int], merge: str) -> tuple[list[int], list[float]]:
+        """An intent-aware merge (training/models/dss.py ``intent_lists``, the same rule in numpy): the export
+        wrote each intent as ``unit(phi_k) * pi_k``, so a row's norm is its presence and 0 marks an intent below
+        the threshold (export/dss.py). ``quota``: slot after slot to the present intent with the highest
+        pi_k / (2 taken_k + 1) (Sainte-Lague), ``round-robin``: turns, strongest first; each slot takes that
+        intent's best row outside ``exclude`` not yet listed. A row's score is its dot product with the intent
+        that drew it. ONE FAISS search of the K queries, ``k + |exclude|`` deep: an intent's list then holds at
+        least k rows outside ``exclude``, and fewer than k are taken, so a slot always finds one; an approximate
+        index that comes back short is finished by exact scores of that intent."""
+        if merge not in ("quota", "round-robin"):
+            raise ValueError(f"unknown intent merge {merge!r}: max, quota or round-robin")
+        presence = np.linalg.norm(q, axis=1)  # (K,)
+        present = presence > 0
+        if not present.any():  # no intent at all (cannot come from the export, which keeps the strongest)
+            present = np.ones_like(present)
+        depth = min(self._count, k + len(exclude))
+        scores, ids = self._search_deep(q, depth)  # (K, depth)
+        lists: list[list[tuple[int, float]]] = []
+        for j in range(len(q)):
+            found = [(int(r), float(s)) for r, s in zip(ids[j], scores[j], strict=True) if r >= 0 and r not in exclude]
+            if present[j] and len(found) < k:  # an approximate index came back short: exact scores finish it
+                rows, best = self._exact(q[j], k, exclude)
+                found = list(zip(rows, best, strict=True))
+            lists.append(found)
+        weight = np.where(present, presence if merge == "quota" else 1.0, -np.inf)
+        tiebreak = presence * 1e-6 if merge == "round-robin" else 0.0
+        count = np.zeros(len(q))
+        ptr = [0] * len(q)
+        taken: set[int] = set()
+        out_rows: list[int] = []
+        out_scores: list[float] = []
+        while len(out_rows) < k:
+            j = int(np.argmax(weight / (2 * count + 1) + tiebreak))
+            while lists[j][ptr[j]][0] in taken:
+                ptr[j] += 1
+            row, score = lists[j][ptr[j]]
+            taken.add(row)
+            out_rows.append(row)
+            out_scores.append(score)
+            count[j] += 1
+        return out_rows, out_scores
 
     def _ranked_best(
         self, rows: npt.NDArray[np.int64], q: FloatArray, k: int, exclude: Set[int]
@@ -164,6 +212,11 @@ class FaissItemIndex:
         top = np.argpartition(-best, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
         top = top[np.lexsort((rows[top], -best[top]))]  # best first; ties by row (deterministic)
         return rows[top].tolist(), best[top].tolist()
+
+    def intent_view(self, merge: str) -> IntentMergedIndex:
+        """This index as an ``ItemIndex`` whose (K, D) queries merge by ``merge`` (a DSS graph's manifest
+        ``intent_score``); one-vector queries and ``vector`` unchanged."""
+        return IntentMergedIndex(self, merge)
 
     def _search_selected(self, q: FloatArray, k: int, exclude: Set[int]) -> tuple[FloatArray, Any]:
         """One approximate search that skips ``exclude`` inside FAISS; the index's own parameters untouched."""
@@ -186,3 +239,23 @@ class FaissItemIndex:
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return top.tolist(), scores[top].tolist()
+
+
+class IntentMergedIndex:
+    """``FaissItemIndex.intent_view``: the same index, K-vector queries merged by one rule (the serving port
+    ``ItemIndex`` has no merge argument; the recommender wraps a DSS graph's index in this view)."""
+
+    def __init__(self, index: FaissItemIndex, merge: str) -> None:
+        self.index, self.merge = index, merge
+
+    @property
+    def count(self) -> int:
+        return self.index.count
+
+    def search(self, query: FloatArray, k: int, exclude: Set[int]) -> tuple[list[int], list[float]]:
+        if query.ndim == 2:
+            return self.index.search_intents(query, k, exclude, self.merge)
+        return self.index.search(query, k, exclude)
+
+    def vector(self, row: int) -> FloatArray:
+        return self.index.vector(row)

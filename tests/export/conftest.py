@@ -92,12 +92,14 @@ def bundle(artifacts: Path) -> Path:
     return artifacts / "v1"
 
 
-def train_tiny_dss(data: Interactions, out: Path, intents: int = 3, score: str = "max") -> Path:
+def train_tiny_dss(
+    data: Interactions, out: Path, intents: int = 3, score: str = "max", intent_score: str = "max"
+) -> Path:
     """DSS on the music domain, one epoch, dims 16, ``intents`` intents: small but trained (export/dss.py)."""
     from training.train_dss import DSSArgs, train_dss
 
     dims = {"dim": 16, "layers": 1, "intents": intents, "max_len": MAX_LEN}
-    args = DSSArgs(epochs=1, patience=1, batch_size=64, negatives=0, score=score, **dims)
+    args = DSSArgs(epochs=1, patience=1, batch_size=64, negatives=0, score=score, intent_score=intent_score, **dims)
     train_dss(leave_one_out(data, "music"), args, out)
     return out
 

@@ -73,6 +73,23 @@ def _histories(ids: list[str], n: int, seed: int) -> list[list[str]]:
     return [rng.choice(ids, size=int(rng.integers(1, 26))).tolist() for _ in range(n)]  # some past max_len 20
 
 
+def recommend_all(bundle: ServingBundle, histories: list[list[str]], k: int = 10) -> tuple[
+    list[Recommendation], Recommender
+]:
+    """User ``u<n>`` has music history ``histories[n]``: their concurrent answers (one executor thread, batched)."""
+    store = FakeStore()
+    for n, hist in enumerate(histories):
+        store.lists[(f"u{n}", "music")] = hist
+    holder: list[Recommender] = []
+
+    async def scenario() -> list[Recommendation]:
+        with ThreadPoolExecutor(1) as pool:
+            holder.append(rec := Recommender(bundle, store, executor=pool))
+            return list(await asyncio.gather(*(rec.recommend(f"u{n}", "music", k) for n in range(len(histories)))))
+
+    return asyncio.run(scenario()), holder[0]
+
+
 def _same(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
     assert [i for i, _ in got] == [i for i, _ in want]
     np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-4, atol=1e-4)
@@ -84,21 +101,28 @@ def test_dss_answers_equal_a_brute_force_max_over_intents_top_k_and_still_batch(
     ref = BruteForce(current_bundle(dss_artifacts))
     assert dss_bundle.encoders["music"].intents == K_INTENTS
     histories = _histories(dss_bundle.catalogues["music"].ids, 40, seed=1)
-    store = FakeStore()
-    for n, hist in enumerate(histories):
-        store.lists[(f"u{n}", "music")] = hist
-
-    async def scenario() -> list[Recommendation]:
-        with ThreadPoolExecutor(1) as pool:
-            rec = Recommender(dss_bundle, store, executor=pool)
-            answers = await asyncio.gather(*(rec.recommend(f"u{n}", "music", 10) for n in range(len(histories))))
-            assert rec.batcher is not None and rec.batcher.jobs == len(histories)
-            assert rec.batcher.batches < len(histories)  # concurrent requests shared encoder calls
-            return list(answers)
-
-    for hist, answer in zip(histories, asyncio.run(scenario()), strict=True):
+    answers, rec = recommend_all(dss_bundle, histories)
+    assert rec.batcher is not None and rec.batcher.jobs == len(histories)
+    assert rec.batcher.batches < len(histories)  # concurrent requests shared encoder calls
+    for hist, answer in zip(histories, answers, strict=True):
         assert (answer.strategy, answer.degraded, answer.cached) == ("dss", False, False)
         _same(answer.items, ref.top_k(hist, 10))
+
+
+def served_index(kind: str, items: np.ndarray, tmp_path: Path) -> FaissItemIndex:
+    """``items`` in a served flat index, or a deliberately weak HNSW (deep exclusions leave it short, so the
+    exact fallback has to finish)."""
+    d = items.shape[1]
+    if kind == "flat":
+        index: faiss.Index = faiss.IndexFlatIP(d)
+        params: dict[str, int] = {}
+    else:
+        index = faiss.IndexHNSWFlat(d, 4, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 8
+        params = {"efSearch": 4}
+    index.add(items)
+    faiss.write_index(index, str(tmp_path / f"{kind}.faiss"))
+    return FaissItemIndex(tmp_path / f"{kind}.faiss", _spec(kind, params))
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
@@ -106,16 +130,7 @@ def test_search_intents_is_the_exact_best_intent_top_k_outside_the_exclusions(ki
     n, d = N, D
     rng = np.random.default_rng(2)
     items = rng.standard_normal((n, d)).astype(np.float32)
-    if kind == "flat":
-        index: faiss.Index = faiss.IndexFlatIP(d)
-        params: dict[str, int] = {}
-    else:  # a deliberately weak HNSW: deep exclusions leave it short, the exact fallback finishes
-        index = faiss.IndexHNSWFlat(d, 4, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 8
-        params = {"efSearch": 4}
-    index.add(items)
-    faiss.write_index(index, str(tmp_path / f"{kind}.faiss"))
-    served = FaissItemIndex(tmp_path / f"{kind}.faiss", _spec(kind, params))
+    served = served_index(kind, items, tmp_path)
     for _ in range(20):
         queries = rng.standard_normal((4, d)).astype(np.float32)
         exclude = set(rng.choice(n, size=int(rng.integers(0, n - 50)), replace=False).tolist())

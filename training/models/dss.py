@@ -34,6 +34,18 @@ Choices where the paper is silent (all documented here, the alternatives are fla
   every real position of the row; the total loss is item_loss + ``seq2seq_weight`` * seq2seq_loss.
 - a fully padded row: the newest column may always weigh itself (as the attention masks do), so the output
   is finite (LayerNorm of a finite vector).
+
+The recommended list (inference only, ``DSSConfig.intent_score``, ``intent_lists``): ranking every item by its max
+over intents lets the dominant intent fill all 10 slots, so the method's point (the list covers the user's
+several intentions) goes unused. ``quota`` shares the slots among the intents present above ``lam`` in
+proportion to their presence pi_k (Sainte-Lague), each slot taking that intent's best item not yet listed;
+``round-robin`` gives them equal turns, strongest first; ``max`` and ``weighted`` are the plain score orders.
+Ranking metrics of a merged list read the target's position in it (the first ``MERGE_DEPTH`` = 20), and beyond
+it the target's max-score rank among the rest (``merged_scores``), so @10 metrics are the list's own and MRR
+stays a full-ranking MRR. The rule is chosen per trained model on VALIDATION only (bench.quality ``pick_dss``,
+training/train_dss.py ``choose_merge``): the best valid NDCG@10 among the rules whose valid ILD@10 and
+coverage@10 beat SASRec's valid ones, else the best valid NDCG@10. The item sentence vectors (the ILD
+reference) play no part in any rule. Measured figures of every rule: docs/results.md (bench ``quality``).
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -51,6 +64,9 @@ from training.models.sasrec import best_dot, softmax_loss
 from training.models.serving import Serving
 
 SCORES = ("max", "weighted")
+# how the top of the list is drawn from the K intents at inference (``intent_lists``); training is unchanged
+MERGES = ("max", "weighted", "quota", "round-robin")
+MERGE_DEPTH = 20  # the merged list's length; ranks beyond it follow the max score (``merged_scores``)
 
 
 @dataclass
@@ -66,10 +82,16 @@ class DSSConfig:
     lam: float = 0.1  # seq2seq: an intent counts when its presence pi_k exceeds lam in both halves
     score: str = "max"  # "max" | "weighted" over intents
     assign: str = "item"  # p(k|i) from the cosine of "item" embeddings e_i or of encoder "state"s z_i to c_k
+    # inference only: how the recommended list is drawn from the intents (``MERGES``, ``intent_lists``); chosen
+    # on validation after training (bench.quality ``run_dss``), recorded by the export as the manifest's
+    # ``intent_score``. Checkpoints from before it load with "max".
+    intent_score: str = "max"
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.intent_score not in MERGES:
+            raise ValueError(f"intent_score must be one of {MERGES}, got {self.intent_score!r}")
         if self.assign not in ("item", "state"):
             raise ValueError(f"assign must be 'item' or 'state', got {self.assign!r}")
         if self.intents < 1:
@@ -149,28 +171,41 @@ class DSS(nn.Module):
         phi, pi = self.intents_all(seq)
         return phi[:, -1], pi[:, -1]
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """Serving tower: (B, T) item ids -> (B, K, D) intent vectors (``intents``' first output, computed at the
-        newest column alone: ``IntentLayer.last``)."""
+    def last_intents(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) -> ``intents``' (B, K, D) and (B, K) computed at the newest column alone (as ``forward``)."""
         pad = seq == 0
         e = self.item_emb(seq)  # (B, T, D)
         z = self.encoder(e * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
-        return self.intent.last(z, pad, e if self.cfg.assign == "item" else z)[0]
+        return self.intent.last(z, pad, e if self.cfg.assign == "item" else z)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """Serving tower: (B, T) item ids -> (B, K, D) intent vectors (``intents``' first output, computed at the
+        newest column alone: ``IntentLayer.last``)."""
+        return self.last_intents(seq)[0]
 
     def item_vectors(self) -> torch.Tensor:
         """(n_items + 1, D) item vectors; row 0 is padding."""
         return self.item_emb.weight
 
     def score(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, N+1) full-ranking scores under the model's inference merge ``cfg.intent_score`` (an
+        intent-aware one lists no item of ``seq``: the seen filter, as far as the sequence reaches)."""
         phi, pi = self.intents(seq)
-        return intent_scores(phi, pi, self.item_vectors(), self.cfg.score)  # (B, N+1)
+        rule = self.cfg.intent_score
+        if rule in ("max", "weighted"):
+            return intent_scores(phi, pi, self.item_vectors(), "weighted" if rule == "weighted" else self.cfg.score)
+        per_intent = torch.einsum("bkd,nd->bkn", phi, self.item_vectors())  # (B, K, N+1)
+        excluded = torch.zeros(seq.shape[0], per_intent.shape[2], dtype=torch.bool).scatter(1, seq, True)
+        excluded[:, 0] = True  # padding
+        return merged_scores(per_intent, pi, rule, self.cfg.lam, excluded)
 
     def serving(self) -> Serving:
-        """K intent vectors of the target history, scored by ``cfg.score`` (models/serving.py; export/dss.py
-        writes the graph)."""
+        """K intent vectors of the target history under the model's inference merge (``cfg.intent_score``; one
+        vector when trained or merged ``weighted``): models/serving.py; export/dss.py writes the graph."""
         cfg = self.cfg
+        rule = "weighted" if "weighted" in (cfg.score, cfg.intent_score) else cfg.intent_score
         return Serving("intents", self, ("target",), cfg.n_items, cfg.max_len, intents=cfg.intents,
-                       intent_score=cfg.score)
+                       intent_score=rule)
 
 
 def intent_scores(phi: torch.Tensor, pi: torch.Tensor, items: torch.Tensor, score: str) -> torch.Tensor:
@@ -224,3 +259,77 @@ def reversed_future(full: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
     rank = col - (W - n_future)[:, None]  # (B, W): < 0 on padding
     src = (W - 1 - rank).clamp(0, W - 1)
     return torch.where(rank >= 0, full.gather(1, src), torch.zeros_like(full))
+
+
+def confident(pi: torch.Tensor, lam: float) -> torch.Tensor:
+    """(M, K) presence -> (M, K) bool: the intents present above ``lam``, and always each row's strongest."""
+    return (pi > lam) | (pi == pi.max(dim=1, keepdim=True).values)
+
+
+def intent_lists(per_intent: torch.Tensor, pi: torch.Tensor, rule: str, lam: float, length: int) -> torch.Tensor:
+    """Intent-aware top of the list: per-intent scores (M, K, S) (excluded candidates at -inf), presence (M, K)
+    -> (M, length) candidate columns, best first, no repeats. ``rule``:
+
+    - ``quota``: the slots are shared among the confident intents (``confident``) in proportion to their
+      presence, Sainte-Lague's way (D'Hondt's pi_k / (taken_k + 1) over-serves the strongest intent): slot after
+      slot goes to the intent with the highest pi_k / (2 taken_k + 1), and is filled with that intent's best
+      candidate not yet in the list. The strongest intent opens the list.
+    - ``round-robin``: the confident intents take turns, strongest first, one slot each.
+    - ``max`` / ``weighted``: the ``length`` best by max over intents / by sum_k pi_k score_k (for the
+      comparison; equal to ``intent_scores``' order).
+
+    A slot always has a candidate while the catalogue has ``length`` eligible ones: an intent's own top
+    ``length`` holds at least one not yet taken (fewer than ``length`` are)."""
+    M, K, S = per_intent.shape
+    length = min(length, S)
+    if rule in ("max", "weighted"):
+        merged = per_intent.max(dim=1).values if rule == "max" else (pi[..., None] * per_intent).sum(dim=1)
+        return merged.topk(length, dim=1).indices
+    if rule not in ("quota", "round-robin"):
+        raise ValueError(f"rule must be one of {MERGES}, got {rule!r}")
+    per_intent, pi = per_intent.detach(), pi.detach()  # a list is an index choice: no gradient flows through it
+    tops = per_intent.topk(length, dim=2).indices.numpy()  # (M, K, length): each intent's best, best first
+    ok = confident(pi, lam).numpy()
+    weight = pi.numpy().astype(np.float64) if rule == "quota" else ok.astype(np.float64)
+    out = np.zeros((M, length), dtype=np.int64)
+    for m in range(M):
+        taken: set[int] = set()
+        count = np.zeros(K)
+        ptr = np.zeros(K, dtype=np.int64)
+        # round-robin: equal weights, ties broken by presence (the strongest intent first in every round)
+        prio = np.where(ok[m], weight[m], -np.inf)
+        tiebreak = pi[m].numpy() * 1e-6 if rule == "round-robin" else 0.0
+        for slot in range(length):
+            k = int(np.argmax(prio / (2 * count + 1) + tiebreak))
+            while int(tops[m, k, ptr[k]]) in taken:
+                ptr[k] += 1
+            out[m, slot] = item = int(tops[m, k, ptr[k]])
+            taken.add(item)
+            count[k] += 1
+    return torch.as_tensor(out)
+
+
+def merged_scores(
+    per_intent: torch.Tensor,
+    pi: torch.Tensor,
+    rule: str,
+    lam: float,
+    excluded: torch.Tensor | None = None,
+    length: int = MERGE_DEPTH,
+) -> torch.Tensor:
+    """Per-intent scores (M, K, S), presence (M, K), ``excluded`` (M, S) bool (the seen filter: never in the
+    merged list) -> (M, S) scores whose descending order is the ranking ``rule`` gives: the ``intent_lists``
+    list first, in its order, then every other candidate by its max over intents (excluded ones keep that score:
+    the evaluation masks them itself and restores a repeated target's own score, as for any scorer). Full-ranking
+    metrics then read the target's position in the merged list, and beyond it its max-score rank among the rest
+    (so MRR stays a full-ranking MRR)."""
+    best = per_intent.max(dim=1).values  # (M, S)
+    if rule == "max":
+        return best
+    if rule == "weighted":
+        return (pi[..., None] * per_intent).sum(dim=1)
+    masked = per_intent if excluded is None else per_intent.masked_fill(excluded[:, None, :], -torch.inf)
+    lists = intent_lists(masked, pi, rule, lam, length)  # (M, L)
+    top = best.nan_to_num(0.0, 0.0, 0.0).max(dim=1, keepdim=True).values + 1  # above every max score of the row
+    bonus = top + torch.arange(lists.shape[1], 0, -1, dtype=best.dtype)[None, :]  # (M, L): the first highest
+    return best.scatter(1, lists, bonus)

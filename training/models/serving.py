@@ -30,6 +30,8 @@ from torch import nn
 
 Role = Literal["user_tower", "intents", "bridge"]
 Reads = Literal["target", "source"]
+# how a K-vector user's lists merge (training/models/dss.py ``MERGES``): "weighted" exports one vector
+INTENT_SCORES = ("max", "weighted", "quota", "round-robin")
 
 
 class NotServable(Exception):
@@ -57,11 +59,11 @@ class Serving:
     source_max_len: int | None = None  # longest source sequence of a user tower (None: max_len)
     text: TextItems | None = None  # a text-item model's text tower (role user_tower)
     intents: int | None = None  # K, role intents
-    intent_score: str | None = None  # "max" | "weighted", role intents
+    intent_score: str | None = None  # "max" | "weighted" | "quota" | "round-robin", role intents
 
     def __post_init__(self) -> None:
-        if self.role == "intents" and (self.intents is None or self.intent_score not in ("max", "weighted")):
-            raise ValueError("an intents declaration gives intents (K) and intent_score ('max' or 'weighted')")
+        if self.role == "intents" and (self.intents is None or self.intent_score not in INTENT_SCORES):
+            raise ValueError(f"an intents declaration gives intents (K) and an intent_score in {INTENT_SCORES}")
         if ("source" in self.reads) != (self.n_source_items is not None):
             raise ValueError("n_source_items is given exactly when the graph reads the source domain")
 
