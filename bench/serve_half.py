@@ -12,8 +12,11 @@ in wrk included) each row has the service's own view from its /metrics, diffed a
 time in the app (``cdrec_http_request_duration_seconds``, interpolated within its bucket), the share of requests
 over 16 ms in the app, and the garbage collections of the workers (``cdrec_gc_pause_seconds``: how many full
 collections, their summed pause). A GC pause stops the worker's event loop and its executor (GIL), so every
-request in flight or arriving meanwhile waits it out. Writes docs/results.{json,md} (bench ``serve-half``)
-unless --no-write.
+request in flight or arriving meanwhile waits it out. ``--mix`` adds, per variant and round, bench.serve's
+read-only run and 10:1 read/write mix on the upper half of the warm users, back to back (the ratio of their
+req/s; the variants share Redis, so one's events reach the others' users too). ``NAME@DIR`` runs that variant
+from another source tree (``git archive <commit> | tar -x -C DIR``: the code before a change, same run).
+Writes docs/results.{json,md} (bench ``serve-half``) unless --no-write.
 """
 
 from __future__ import annotations
@@ -26,7 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import record, update_json, update_markdown
-from bench.serve import ROOT, build_bundles, free_port, run_wrk, seed_users, service_cmd, start_server, stop_server
+from bench.serve import (
+    ROOT,
+    build_bundles,
+    free_port,
+    mix_rows,
+    run_wrk,
+    seed_users,
+    service_cmd,
+    start_server,
+    stop_server,
+)
 from bench.serve_profile import start_redis
 
 BENCH = "serve-half"
@@ -82,12 +95,18 @@ def server_view(before: dict[str, Any], after: dict[str, Any]) -> dict[str, floa
             "gc_pause_ms": paused * 1e3}  # fmt: skip
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    name, _, spec = text.partition(":")
+def parse_variant(text: str) -> tuple[str, dict[str, str], Path]:
+    """``NAME[@DIR]:ENV=VALUE,...``: DIR, a source tree to run the service from (e.g. ``git archive`` of an
+    older commit), else this one."""
+    head, _, spec = text.partition(":")
+    name, _, where = head.partition("@")
     env = dict(pair.split("=", 1) for pair in spec.split(",") if pair)
     if not name:
-        raise SystemExit(f"--variant {text!r}: NAME:ENV=VALUE,... (NAME required)")
-    return name, env
+        raise SystemExit(f"--variant {text!r}: NAME[@DIR]:ENV=VALUE,... (NAME required)")
+    cwd = Path(where).resolve() if where else ROOT
+    if not (cwd / "service" / "app.py").exists():
+        raise SystemExit(f"--variant {text!r}: {cwd} holds no cdrec source tree (service/app.py)")
+    return name, env, cwd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="NAME:ENV=VALUE,... a service started with these env vars (repeat; the first sets the rate)")
     p.add_argument("--redis-timeout", type=float, default=0.05)
     p.add_argument("--cache", type=Path, default=ROOT / ".cdrec" / "bench-serve")
+    p.add_argument("--mix", action="store_true", help="per variant and round also read-only vs the 10:1 mix")
     p.add_argument("--no-write", action="store_true")
     ns = p.parse_args(argv)
     argv_shown = list(sys.argv[1:] if argv is None else argv)
@@ -118,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         base_env = {"CDREC_SERVICE__WATCH_S": "2", "CDREC_SERVICE__API_KEYS": '["bench"]',
                     "CDREC_REDIS__TIMEOUT_S": str(ns.redis_timeout), "OMP_NUM_THREADS": "1"}  # fmt: skip
         urls = {}
-        for name, env in variants:
+        for name, env, cwd in variants:
             port = free_port()
-            procs.append(start_server(service_cmd(ns, root, port, redis_url), port, "/readyz", {**base_env, **env}))
+            procs.append(start_server(service_cmd(ns, root, port, redis_url), port, "/readyz", {**base_env, **env},
+                                      cwd))  # fmt: skip
             urls[name] = f"http://127.0.0.1:{port}"
         n = users["w"]
         for url in urls.values():  # warm-up: first calls allocate
@@ -130,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         delay_ms = ns.concurrency * 1e3 / (peak / 2)
         print(f"peak {peak:.0f} req/s ({variants[0][0]}): offering {peak / 2:.0f}", file=sys.stderr)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+        mixes: dict[str, list[float]] = {name: [] for name in urls}
         for _ in range(ns.rounds):
             for name, url in urls.items():
+                if ns.mix:  # read-only then 10:1 on the same users, back to back (bench.serve's mix rows)
+                    ro, mix = mix_rows(ns, ns.index, root, url, n, ns.concurrency)
+                    mixes[name].append(mix["req/s"] / ro["req/s"])
                 before = scrape(url)
                 r = run_wrk(url, "POST", ROUTE, "w", n, ns.concurrency, ns.duration, delay_ms)
                 r.update(server_view(before, scrape(url)))
@@ -141,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['gc_full']:.0f}, GC pause {r['gc_pause_ms']:.0f} ms", file=sys.stderr)  # fmt: skip
         for name, results in runs.items():
             row = {m: statistics.median(x[m] for x in results) for m in results[0]}
-            rows.append({"variant": name, "env": dict(variants)[name], "offered": peak / 2, **row})
+            env = next(e for v, e, _ in variants if v == name)
+            ratio = statistics.median(mixes[name]) if mixes[name] else float("nan")
+            cwd = next(c for v, _, c in variants if v == name)
+            rows.append({"variant": name, "env": env, "offered": peak / 2, **row, "mix_ratio": ratio,
+                         "source": "" if cwd == ROOT else str(cwd)})  # fmt: skip
     finally:
         for proc in procs:
             stop_server(proc)
@@ -154,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         recs = [record(BENCH, dataset, f"target=music@half-peak@c={ns.concurrency}", f"{r['variant']}:{ns.index}",
                        metric, [r[key]], split="loopback")
                 for r in rows for metric, key in (("req/s", "req/s"), ("p50_ms", "p50_ms"), ("p99_ms", "p99_ms"),
-                                                  ("server_p99_ms", "server_p99_ms"))]  # fmt: skip
+                                                  ("server_p99_ms", "server_p99_ms"), ("ratio_vs_read_only",
+                                                                                       "mix_ratio"))
+                if r[key] == r[key]]  # fmt: skip
         update_json(BENCH, recs)
         update_markdown(BENCH, text)
     return 0
@@ -162,12 +193,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(ns: argparse.Namespace, argv: list[str], rows: list[dict[str, Any]], peak: float, load: float) -> str:
     lines = ["| variant | env | offered req/s | req/s | p50 ms | p99 ms | server p99 ms | server > 16 ms | full GCs | "
-             "young GCs | GC pause ms |", "|" + "---|" * 11]  # fmt: skip
+             "young GCs | GC pause ms | mix 10:1 / read-only |", "|" + "---|" * 12]  # fmt: skip
     for r in rows:
         env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "(defaults)"
+        env += f" (source: {r['source']})" if r.get("source") else ""
         lines.append(f"| {r['variant']} | `{env}` | {r['offered']:.0f} | {r['req/s']:.0f} | {r['p50_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {r['server_p99_ms']:.2f} | {r['server_over_16ms']:.2%} | "
-                     f"{r['gc_full']:.0f} | {r['gc_young']:.0f} | {r['gc_pause_ms']:.0f} |")  # fmt: skip
+                     f"{r['gc_full']:.0f} | {r['gc_young']:.0f} | {r['gc_pause_ms']:.0f} | "
+                     f"{'' if r['mix_ratio'] != r['mix_ratio'] else format(r['mix_ratio'], '.2f')} |")  # fmt: skip
     return "\n".join([
         f"## Serve: p99 at half the peak, variants side by side ({ns.index}, {ns.items // 1000}k items, "
         f"{ns.workers} workers, wrk -t1 -c{ns.concurrency})",
