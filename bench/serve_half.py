@@ -25,6 +25,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ns.mix:  # read-only then 10:1 on the same users, back to back (bench.serve's mix rows)
                     ro, mix = mix_rows(ns, ns.index, root, url, n, ns.concurrency)
                     mixes[name].append(mix["req/s"] / ro["req/s"])
+                time.sleep(1.0)  # the previous run's requests still in flight (wrk stops, they finish) must not count
                 before = scrape(url)
                 r = run_wrk(url, "POST", ROUTE, "w", n, ns.concurrency, ns.duration, delay_ms)
                 r.update(server_view(before, scrape(url)))
