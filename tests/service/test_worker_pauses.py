@@ -33,7 +33,9 @@ def test_a_started_app_freezes_what_it_loaded_and_times_every_collection(
     assert len(gc.callbacks) == callbacks, "the app's GC callback outlived it"
 
 
-def test_gc_freeze_off_leaves_the_collector_as_python_has_it(service_artifacts: Path, redis_server: RedisServer) -> None:
+def test_gc_freeze_off_leaves_the_collector_as_python_has_it(
+    service_artifacts: Path, redis_server: RedisServer
+) -> None:
     with TestClient(create_app(make_settings(service_artifacts, redis_server.url, gc_freeze=False))):
         assert gc.get_freeze_count() == 0
 
