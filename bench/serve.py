@@ -203,10 +203,14 @@ def free_port(max_port: int = 65535) -> int:
             return port
 
 
-def start_server(args: list[str], port: int, ready_path: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_server(
+    args: list[str], port: int, ready_path: str, env: dict[str, str], cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """``cwd``: the source tree the server runs from (``python -m`` imports from it first: bench.serve_half runs
+    an older checkout beside this one)."""
     import httpx
 
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env={**os.environ, **env})
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env={**os.environ, **env})
     deadline = time.monotonic() + 300
     while True:
         if proc.poll() is not None:

@@ -129,6 +129,17 @@ class ServiceSettings(BaseModel):
     encode_on_write_wait_s: float = Field(
         0.02, ge=0, description="the longest an event's ack waits for its vector-on-write (the rest runs after)"
     )
+    gc_freeze: bool = Field(
+        True,
+        description="gc.freeze() once a bundle is loaded, so the collector never rescans the bundle's objects "
+        "(a full collection of them paused a worker ~46 ms); false = Python's default collector",
+    )
+    switch_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="sys.setswitchinterval in each worker: how long a thread that wants the GIL waits before the "
+        "holder is made to drop it (Python's default 5 ms; the event loop and the executor trade it per request)",
+    )
 
 
 class Settings(BaseSettings):

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -115,6 +117,9 @@ def create_app(settings: Settings) -> FastAPI:
         from service.adapters.faiss_index import set_threads
 
         set_threads(cfg.faiss_threads)
+        switch_before = sys.getswitchinterval()
+        if cfg.switch_interval_s is not None:  # process-wide: restored on the way out (tests build many apps)
+            sys.setswitchinterval(cfg.switch_interval_s)
         loader = partial(load_bundle, ort_threads=cfg.ort_threads)
         try:
             bundle = await asyncio.to_thread(_load_start_bundle, loader, cfg.start_bundle, cfg.artifacts)
@@ -152,9 +157,10 @@ def create_app(settings: Settings) -> FastAPI:
         items = ItemAdder(lambda: recommender.bundle, recommender.swap, store, items_pool, cfg.max_id_len)
         async with items.lock:  # items added through the API before this start (service.items)
             recommender.swap(await items.replay(bundle))
-        manager = BundleManager(
-            cfg.artifacts, recommender, loader, metrics, items, partial(report_serving, cfg.state_dir)
-        )
+        on_serving = partial(report_serving, cfg.state_dir)
+        if cfg.gc_freeze:
+            on_serving = partial(_freeze_after, on_serving)
+        manager = BundleManager(cfg.artifacts, recommender, loader, metrics, items, on_serving)
         app.state.services = Services(recommender, manager, keys, metrics, items, cfg.state_dir)
         metrics.serving(bundle.version)
         if not await recommender.check_store():
@@ -162,6 +168,10 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.redis_up.set(1 if recommender.health.up else 0)
         if not keys.configured:
             log.warning("no API keys configured: /v1/events and /v1/admin/* refuse every request")
+        metrics.watch_gc()
+        if cfg.gc_freeze:  # the bundle, the app and the clients live as long as the worker: never rescan them
+            gc.collect()
+            gc.freeze()
         watch = asyncio.create_task(manager.watch(cfg.watch_s)) if cfg.watch_s > 0 else None
         if bundle.path is not None:
             report_serving(cfg.state_dir, bundle.path, bundle.version)  # a replacement worker starts on it
@@ -169,6 +179,10 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            metrics.unwatch_gc()
+            if cfg.gc_freeze:  # process-wide too: what this app froze becomes collectable again
+                gc.unfreeze()
+            sys.setswitchinterval(switch_before)
             if watch is not None:
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -194,6 +208,16 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(Guard, metrics=metrics, max_body_bytes=cfg.max_body_bytes)
     return app
+
+
+def _freeze_after(report: Callable[[Path, str], None], path: Path, version: str) -> None:
+    """After a reload: the new bundle's objects join the frozen ones (a full collection would rescan them all and
+    pause the worker for tens of ms: issue 16). Unfrozen first, so that one collection (one pause per reload)
+    frees whatever of the old bundle only a reference cycle kept: frozen objects are never collected."""
+    report(path, version)
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def app_from_env() -> FastAPI:

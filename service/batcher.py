@@ -8,12 +8,17 @@ vector). Under load a batch naturally grows to the requests that arrived while t
 previous one ran, so the thread hop is paid once per batch rather than once per request; an idle service runs
 batches of one. The event loop never waits on a native call, so Redis replies and health probes are read on
 time however busy the executor is.
+
+Each job's result is handed to the event loop as soon as ITS search is done (``call_soon_threadsafe``), not when
+the whole batch is: the searches of a batch run one after the other (~0.1-0.8 ms each), so a batch of B used to
+hold its first request for all B searches, which at half load (Poisson bursts of several requests per batch)
+is where the tail latency grew (issue 16, item 1).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -36,9 +41,14 @@ class _Job:
     future: asyncio.Future[Result]
 
 
-def run_batch(jobs: list[_Job]) -> list[Result | BaseException]:
-    """The executor side: one encoder call per graph for all its jobs, then one search per job."""
+Deliver = Callable[[int, "Result | BaseException"], None]
+
+
+def run_batch(jobs: list[_Job], deliver: Deliver | None = None) -> list[Result | BaseException]:
+    """The executor side: one encoder call per graph for all its jobs, then one search per job. ``deliver(i,
+    result)``, when given, is called with each job's result as soon as it is known (the rest keep running)."""
     out: list[Result | BaseException] = [RuntimeError("not run")] * len(jobs)
+    done = out.__setitem__ if deliver is None else (lambda i, r: (out.__setitem__(i, r), deliver(i, r)))
     groups: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(id(job.graph), []).append(i)
@@ -49,17 +59,17 @@ def run_batch(jobs: list[_Job]) -> list[Result | BaseException]:
             vectors = graph.encoder(feeds)  # (B, D)
         except Exception as exc:  # the whole group shares the failure; the Recommender answers popularity
             for i in members:
-                out[i] = exc
+                done(i, exc)
             continue
         for row, i in enumerate(members):
             job = jobs[i]
             if job.index is None:
-                out[i] = np.array(vectors[row], dtype=np.float32)  # its own copy: the batch's array is shared
+                done(i, np.array(vectors[row], dtype=np.float32))  # its own copy: the batch's array is shared
                 continue
             try:
-                out[i] = job.index.search(vectors[row], job.k, job.exclude)
+                done(i, job.index.search(vectors[row], job.k, job.exclude))
             except Exception as exc:
-                out[i] = exc
+                done(i, exc)
     return out
 
 
@@ -104,7 +114,10 @@ class Batcher:
         self._inflight += 1
         self.batches += 1
         self.jobs += len(jobs)
-        done = loop.run_in_executor(self._executor, run_batch, jobs)
+        def deliver(i: int, result: Result | BaseException) -> None:  # on the executor's thread
+            loop.call_soon_threadsafe(_settle, jobs[i].future, result)
+
+        done = loop.run_in_executor(self._executor, run_batch, jobs, deliver)
         done.add_done_callback(lambda f: self._finish(loop, jobs, f))
 
     def _finish(
@@ -119,11 +132,17 @@ class Batcher:
         else:
             results = f.result()
         for job, result in zip(jobs, results, strict=True):
-            if job.future.done():
-                continue  # the request went away (client disconnected)
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            # delivered already (each job's call_soon_threadsafe ran before this callback: FIFO), or the request
+            # went away; what is left is a batch that failed or was cancelled as a whole
+            _settle(job.future, result)
         while self._queue and self._inflight < self.max_inflight:
             self._launch(loop)
+
+
+def _settle(future: asyncio.Future[Result], result: Result | BaseException) -> None:
+    if future.done():
+        return  # settled already, or the request went away (client disconnected)
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

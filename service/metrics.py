@@ -7,14 +7,18 @@ Each app owns its registry (tests build many apps in one process). With several 
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.supervision import SupervisorCollector
 
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
 BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5)
 
 
@@ -58,6 +62,13 @@ class Metrics:
         self.redis_up = Gauge(
             "cdrec_redis_up", "1 when the last Redis call or probe succeeded", registry=r, multiprocess_mode="liveall"
         )
+        # a collection stops the whole worker (event loop and executor: it holds the GIL): issue 16 item 1
+        self.gc_pauses = Histogram(
+            "cdrec_gc_pause_seconds", "Python garbage collections by generation", ["generation"],
+            buckets=GC_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._gc_children = [self.gc_pauses.labels(str(g)) for g in range(3)]
+        self._gc_start = 0.0
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._answer_children: dict[tuple[str, str, bool], Histogram] = {}
@@ -81,6 +92,21 @@ class Metrics:
         hist.observe(seconds)
         if fallback is not None:
             self.fallbacks.labels(fallback).inc()
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self._gc_children[info["generation"]].observe(time.perf_counter() - self._gc_start)
+
+    def watch_gc(self) -> None:
+        """Time every garbage collection of this process (``cdrec_gc_pause_seconds``) until ``unwatch_gc``."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
 
     def serving(self, version: str, previous: str | None = None) -> None:
         if previous is not None and previous != version:

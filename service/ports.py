@@ -52,6 +52,8 @@ class EventRecord(NamedTuple):
 class Appended(NamedTuple):
     appended: int
     duplicates: int
+    # per user, the lists of the domains ``append(read=...)`` asked back, as that append left them (None: not asked)
+    lists: Mapping[str, Mapping[str, list[str]]] | None = None
 
 
 class SequenceStore(Protocol):
@@ -67,11 +69,17 @@ class SequenceStore(Protocol):
         ...
 
     async def append(
-        self, events: Mapping[str, Sequence[EventRecord]], max_len: int, domains: Sequence[str] = ()
+        self,
+        events: Mapping[str, Sequence[EventRecord]],
+        max_len: int,
+        domains: Sequence[str] = (),
+        read: Sequence[str] = (),
     ) -> Appended:
         """Append each user's events (oldest first) to their domain lists, keeping the newest ``max_len`` per
         list, atomically per user; an event whose ``event_id`` the user sent within the dedup window is skipped
         (a duplicate). ``domains``: every domain a user may have a list in (the TTL refresh touches them all).
+        ``read``: domains whose lists (as this append left them, same atomic step) come back in ``lists``;
+        a store that cannot may leave ``lists`` None (vector on write then reads them itself).
         Return only once the store acknowledged every write (and, per its durability setting, made it durable);
         raise ``OutcomeUnknown`` when that acknowledgement did not come, ``BadKey`` when a user's list is not a
         list (nothing of that user written)."""

@@ -234,39 +234,53 @@ class Recommender:
         grouped = self.validate_events(events)
         b = self.bundle
         try:
-            done = await self.store.append(grouped, b.max_len, sorted(b.catalogues))
+            if self.encode_on_write:  # the lists to encode come back from the append itself: one round trip
+                read = _written_reads(b, grouped)
+                done = await self.store.append(grouped, b.max_len, sorted(b.catalogues), read=read)
+            else:
+                done = await self.store.append(grouped, b.max_len, sorted(b.catalogues))
         except StoreUnavailable as exc:
             self._failed(exc)
             raise
         self.health.success()
         if self.encode_on_write and done.appended:  # only duplicates: the lists (and their vectors) are unchanged
-            await self._encode_written(b, grouped)
+            await self._encode_written(b, grouped, done.lists)
         return done
 
-    async def _encode_written(self, b: ServingBundle, grouped: Mapping[str, Sequence[EventRecord]]) -> None:
-        """Start vector-on-write for the users of an acknowledged append; wait for it at most ``write_wait_s``."""
-        plan = [
-            (graph, users)
-            for graph in b.encoders.values()
-            if (users := [u for u, recs in grouped.items() if any(r.domain in graph.read_domains() for r in recs)])
-        ]
+    async def _encode_written(
+        self,
+        b: ServingBundle,
+        grouped: Mapping[str, Sequence[EventRecord]],
+        lists: Mapping[str, Mapping[str, list[str]]] | None = None,
+    ) -> None:
+        """Start vector-on-write for the users of an acknowledged append; wait for it at most ``write_wait_s``.
+        ``lists``: the users' lists as the append left them (read back by the append itself), else re-read."""
+        plan = _write_plan(b, grouped)
         if not plan:
             return
         if len(self._vector_tasks) >= MAX_PENDING_VECTOR_WRITES:  # encoding cannot keep up: shed, reads encode live
             self.written_vectors["skipped"] += 1
             return
-        task = asyncio.ensure_future(self._store_vectors(b, plan))
+        task = asyncio.ensure_future(self._store_vectors(b, plan, lists))
         self._vector_tasks.add(task)
         task.add_done_callback(self._vector_tasks.discard)
         await asyncio.wait({task}, timeout=self.write_wait_s)  # never raises; past the bound the task carries on
 
-    async def _store_vectors(self, b: ServingBundle, plan: Sequence[tuple[Graph, Sequence[str]]]) -> None:
+    async def _store_vectors(
+        self,
+        b: ServingBundle,
+        plan: Sequence[tuple[Graph, Sequence[str]]],
+        lists: Mapping[str, Mapping[str, list[str]]] | None = None,
+    ) -> None:
         store = self.store
         assert isinstance(store, VectorStore)
         try:
             users = _unique([u for _, us in plan for u in us])
             domains = _unique([d for g, _ in plan for d in g.read_domains()])
-            seqs = await store.read_many(users, domains)
+            if lists is not None and all(d in lists.get(u, {}) for u in users for d in domains):
+                seqs: Mapping[str, Mapping[str, Sequence[str]]] = lists
+            else:  # a store that did not answer them with the append: one more round trip
+                seqs = await store.read_many(users, domains)
             todo: list[tuple[str, str, asyncio.Future[FloatArray]]] = []
             for graph, us in plan:
                 cat = b.catalogues[graph.target_domain]
@@ -473,6 +487,22 @@ def _best_bridge(
         if n > best_len:
             best, best_len = g, n
     return best
+
+
+def _write_plan(
+    b: ServingBundle, grouped: Mapping[str, Sequence[EventRecord]]
+) -> list[tuple[Graph, list[str]]]:
+    """Per user encoder, the users of an append whose events touch a domain it reads (they need a new vector)."""
+    return [
+        (graph, users)
+        for graph in b.encoders.values()
+        if (users := [u for u, recs in grouped.items() if any(r.domain in graph.read_domains() for r in recs)])
+    ]
+
+
+def _written_reads(b: ServingBundle, grouped: Mapping[str, Sequence[EventRecord]]) -> list[str]:
+    """The domains whose lists vector on write encodes from after this append (asked back from the append)."""
+    return _unique([d for graph, _ in _write_plan(b, grouped) for d in graph.read_domains()])
 
 
 def _unique(items: Sequence[str]) -> list[str]:

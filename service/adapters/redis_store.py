@@ -3,7 +3,8 @@
 * read: one pipeline of LRANGEs, one per domain the request needs: one round trip, bounded by ``timeout_s``;
   ``read_cached`` adds the GET of the refresh job's cached vector (raw bytes, never decoded) to that pipeline;
 * append: one pipeline holding, per user, ONE call of the ``APPEND_EVENTS`` Lua script (service.adapters.append_script:
-  dedup by the client's ``event_id``, RPUSH, LTRIM, the user TTL; all keys under the user's hash tag), so
+  dedup by the client's ``event_id``, RPUSH, LTRIM, the user TTL, the lists vector on write encodes from
+  read back; all keys under the user's hash tag), so
   each user's append is atomic, it runs unchanged on Redis Cluster, and a whole batch is still one round trip
   (EVALSHA; EVAL for the users whose reply was NOSCRIPT); then, per ``redis.durability`` /
   ``redis.wait_replicas``, WAITAOF or WAIT on the same connection (service.durability). The call returns only
@@ -204,11 +205,17 @@ class RedisSequenceStore:
         self._waitaof = use_waitaof(self.durability.mode, server_version(info), dict(config))
 
     async def append(
-        self, events: Mapping[str, Sequence[EventRecord]], max_len: int, domains: Sequence[str] = ()
+        self,
+        events: Mapping[str, Sequence[EventRecord]],
+        max_len: int,
+        domains: Sequence[str] = (),
+        read: Sequence[str] = (),
     ) -> Appended:
         if self._waitaof is None:
             await self.check_durability()  # before anything is written: a refusal leaves nothing behind
-        calls = {u: append_call(u, recs, max_len, domains, self.dedup_ms, self.ttl_ms) for u, recs in events.items()}
+        calls = {
+            u: append_call(u, recs, max_len, domains, self.dedup_ms, self.ttl_ms, read) for u, recs in events.items()
+        }
         per_user, waits = await self._write({u: ("EVALSHA", APPEND_SHA) for u in calls}, calls)
         missing = {u: ("EVAL", APPEND_EVENTS) for u, r in per_user.items() if isinstance(r, NoScriptError)}
         if missing:  # the server does not have the script yet (first use, restart, SCRIPT FLUSH): send it whole
@@ -216,18 +223,20 @@ class RedisSequenceStore:
             per_user.update(again)
             waits += more
         appended = duplicates = 0
+        lists: dict[str, dict[str, list[str]]] = {}
         for user, r in per_user.items():
             if isinstance(r, ResponseError) and str(r).startswith("WRONGTYPE"):
                 raise BadKey(f"user {user!r}: {r}")
             if isinstance(r, Exception):
                 raise OutcomeUnknown("redis_write_failed", repr(r)[:200])
             appended, duplicates = appended + int(r[0]), duplicates + int(r[1])
+            lists[user] = dict(zip(read, r[2:], strict=True))
         for w in waits:  # one per pipeline that wrote: every node's (cluster) must be durable
             if isinstance(w, Exception):
                 raise OutcomeUnknown("redis_wait_failed", str(w)[:200])
             if (short := self.durability.short(w)) is not None:
                 raise OutcomeUnknown("redis_not_durable", short)
-        return Appended(appended, duplicates)
+        return Appended(appended, duplicates, lists if read else None)
 
     async def _write(
         self, how: Mapping[str, tuple[str, str]], calls: Mapping[str, tuple[list[str], list[str | int]]]

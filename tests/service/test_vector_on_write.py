@@ -75,13 +75,13 @@ def test_a_vector_older_than_the_lists_is_never_served(service_artifacts: Path, 
 
 
 class _GatedStore(RedisSequenceStore):
-    """The real store whose vector-on-write read waits for a gate: a write path as slow as the test wants."""
+    """The real store whose vector-on-write write waits for a gate: a write path as slow as the test wants."""
 
     gate: asyncio.Event
 
-    async def read_many(self, users: Any, domains: Any) -> dict[str, dict[str, list[str]]]:
+    async def write_vectors(self, vectors: Any) -> None:
         await self.gate.wait()
-        return await super().read_many(users, domains)
+        await super().write_vectors(vectors)
 
 
 class _FailingStore(RedisSequenceStore):
@@ -102,7 +102,7 @@ def test_the_ack_does_not_wait_on_a_slow_write_path_and_reads_stay_correct_meanw
         try:
             async with asyncio.timeout(30):
                 done = await rec.append([Event(user, "music", "m2"), Event(user, "music", "m6")])
-                assert done.appended == 2  # acknowledged while the vector's read is still held at the gate
+                assert done.appended == 2  # acknowledged while the vector's write is still held at the gate
                 assert r.get(emb_key(user, "music")) is None
                 meanwhile = await rec.recommend(user, "music", 5)
                 assert meanwhile.strategy == "gur" and not meanwhile.cached
