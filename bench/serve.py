@@ -106,8 +106,9 @@ def build_bundles(ns: argparse.Namespace, kinds: list[str], dss: bool = False) -
     user encoder is a DSS tower (``dss_tower``, ``ns.intents`` intents) instead of the CDSRec one."""
     prefix = f"dss{ns.intents}-" if dss else ""
     # "-t2": the trained-size towers of bench.export (issue 16): a cache of the older, smaller towers is not reused;
-    # "-t3": manifests that say trims_padding and carry the saved optimized graphs
-    roots = {k: ns.cache / f"{prefix}{k}-{ns.items}-{ns.users}-t3" for k in kinds}
+    # "-t3": manifests that say trims_padding and carry the saved optimized graphs;
+    # "-t4": efSearch chosen among 16..1024 with 160 and 192 added (bench.hnsw_depth)
+    roots = {k: ns.cache / f"{prefix}{k}-{ns.items}-{ns.users}-t4" for k in kinds}
     todo = [k for k, r in roots.items() if not (r / "current").exists()]
     if not todo:
         return roots

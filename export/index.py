@@ -75,7 +75,7 @@ def build_index(vectors: np.ndarray, queries: np.ndarray, opts: IndexOptions) ->
         hnsw.hnsw.efConstruction = opts.hnsw_ef_construction
         hnsw.add(x)
         index, build_s = hnsw, time.perf_counter() - start
-        param, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+        param, values = "efSearch", [16, 32, 64, 128, 160, 192, 256, 512, 1024]
         description = f"IndexHNSWFlat M={opts.hnsw_m} efConstruction={opts.hnsw_ef_construction}"
 
         def set_param(v: int) -> None:
