@@ -48,7 +48,12 @@ def run_batch(jobs: list[_Job], deliver: Deliver | None = None) -> list[Result |
     """The executor side: one encoder call per graph for all its jobs, then one search per job. ``deliver(i,
     result)``, when given, is called with each job's result as soon as it is known (the rest keep running)."""
     out: list[Result | BaseException] = [RuntimeError("not run")] * len(jobs)
-    done = out.__setitem__ if deliver is None else (lambda i, r: (out.__setitem__(i, r), deliver(i, r)))
+
+    def done(i: int, result: Result | BaseException) -> None:
+        out[i] = result
+        if deliver is not None:
+            deliver(i, result)
+
     groups: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(id(job.graph), []).append(i)
