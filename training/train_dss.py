@@ -84,11 +84,11 @@ def train_dss(
     split: NextItemSplit, args: DSSArgs, out: Path | None = None, merged: bool = False,
     text_vectors: np.ndarray | None = None,
 ) -> tuple[DSS, FitResult, Callable[[Examples], torch.Tensor]]:
-    """``text_vectors``: with ``assign="text"``, the target items' sentence vectors (n_items + 1, E) (row 0
-    padding), else computed (and cached) from the item titles. ``merged``: the cross-domain variant (bench row ``dss-xd``): intents over the user's two domains' histories
-    interleaved in time (target ids 1..Nt, source ids after them, as ``sasrec-merged``), next-item loss and
-    scores on target items only. Bench only: it writes no checkpoint (export and ``cdrec evaluate`` read the
-    target history alone)."""
+    """``text_vectors``: with ``assign="text"``, the target items' sentence vectors (n_items + 1, E) (row 0 padding),
+    else computed (and cached) from the item titles. ``merged``: the cross-domain variant (bench row ``dss-xd``):
+    intents over the user's two domains' histories interleaved in time (target ids 1..Nt, source ids after them, as
+    ``sasrec-merged``), next-item loss and scores on target items only. Bench only: it writes no checkpoint (export
+    and ``cdrec evaluate`` read the target history alone)."""
     if merged and out is not None:
         raise ValueError("the cross-domain DSS variant is bench-only: it writes no checkpoint")
     if merged and args.assign == "text":

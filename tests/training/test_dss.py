@@ -221,7 +221,7 @@ def test_text_anchored_dss_trains_on_planted_intents_and_refuses_the_cross_domai
     data, topics = planted_intents(n_users=150, n_topics=4, per_topic=15)
     split = leave_one_out(data, "shop")
     args = DSSArgs(epochs=1, patience=1, dim=16, layers=1, max_len=20, batch_size=64, intents=4, assign="text")
-    model, result, scorer = train_dss(split, args, text_vectors=_topic_vectors(topics))
+    model, _, scorer = train_dss(split, args, text_vectors=_topic_vectors(topics))
     hard = model.text_assign[1:].argmax(dim=1).numpy()
     assert len(set(hard)) == 4  # the anchors came from the given vectors: one intent per planted topic
     assert np.isfinite(evaluate_ranking(scorer, split.test)["NDCG@10"])
