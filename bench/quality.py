@@ -92,18 +92,24 @@ def sasrec_valid_diversity(target: str, seed: int) -> dict[str, float] | None:
     return {r["metric"]: r["values"][seed] if seed < len(r["values"]) else r["mean"] for r in rows}
 
 
-def dss_runner(merged: bool) -> Runner:
-    """``dss`` (target history) or ``dss-xd`` (``merged``: both domains' histories interleaved, target items
-    scored; training/train_dss.py)."""
-    name = "dss-xd" if merged else "dss"
+DSS_ROWS = ("dss", "dss-xd", "dss-text")
+
+
+def dss_runner(merged: bool, assign: str = "item") -> Runner:
+    """``dss`` (target history), ``dss-xd`` (``merged``: both domains' histories interleaved, target items
+    scored) or ``dss-text`` (``assign="text"``: intents anchored on k-means clusters of the items' sentence
+    vectors); training/train_dss.py."""
+    name = "dss-xd" if merged else ("dss-text" if assign == "text" else "dss")
 
     def run(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
-        return run_dss(split, seed, merged, name)
+        return run_dss(split, seed, merged, name, assign)
 
     return run
 
 
-def run_dss(split: NextItemSplit, seed: int, merged: bool = False, name: str = "dss") -> tuple[dict[str, float], float]:
+def run_dss(
+    split: NextItemSplit, seed: int, merged: bool = False, name: str = "dss", assign: str = "item"
+) -> tuple[dict[str, float], float]:
     """One DSS model, scored under every merge rule (training/models/dss.py ``MERGES``) on validation and test:
     keys ``<name>[<rule>]|<metric>`` (``valid `` first for validation). ``main`` then picks the row ``<name>`` per
     seed (``pick_dss``) from the validation figures alone."""
@@ -111,8 +117,13 @@ def run_dss(split: NextItemSplit, seed: int, merged: bool = False, name: str = "
     from training.train_dss import DSSArgs, merge_scorer, train_dss
 
     # SASRec's bench settings (dropout 0.5, patience 4), so the rows differ by the model alone
-    args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5)
-    model, result, _ = train_dss(split, args, merged=merged)
+    args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5, assign=assign)
+    text = None
+    if assign == "text":  # the same cached table the diversity reference reads
+        from training.data.text import item_text_vectors
+
+        text = item_text_vectors(split.data, split.target, progress=False)
+    model, result, _ = train_dss(split, args, merged=merged, text_vectors=text)
     model.eval()
     n_target = split.data.n_items(split.target) if merged else None
     out: dict[str, float] = {}
@@ -167,6 +178,7 @@ def runners() -> dict[str, Runner]:
         "sasrec-merged": sasrec_runner(True),
         "dss": dss_runner(False),
         "dss-xd": dss_runner(True),
+        "dss-text": dss_runner(False, "text"),
     }
     try:  # the cross-domain rows (GUR, CDSRec and its ablations), when that part is installed
         from bench.cross_domain import cross_domain_runners
@@ -239,7 +251,7 @@ def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[st
 
 
 COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"),
-            ("dss", "sasrec"), ("dss-xd", "sasrec"), ("dss-xd", "dss"))
+            ("dss", "sasrec"), ("dss-xd", "sasrec"), ("dss-xd", "dss"), ("dss-text", "sasrec"), ("dss-text", "dss"))
 
 
 def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[str]:
@@ -259,8 +271,8 @@ def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[
 def merge_text(records: list[dict[str, Any]]) -> str:
     """The DSS merge rules' note and their VALIDATION table (the figures the rule was picked on), when present."""
     valid = [r for r in records if r.get("split") == "valid" and r["metric"] in ("NDCG@10", *DIVERSITY[:2])
-             and (r["model"] == "sasrec" or r["model"].startswith(("dss[", "dss-xd[")))]
-    if not any(r["model"].startswith(("dss[", "dss-xd[")) for r in valid):
+             and (r["model"] == "sasrec" or r["model"].startswith(tuple(f"{d}[" for d in DSS_ROWS)))]
+    if not any(r["model"].startswith(tuple(f"{d}[" for d in DSS_ROWS)) for r in valid):
         return ""
     return f"""
 DSS rows: `dss[<rule>]` is the same trained model under each inference merge rule (training/models/dss.py
@@ -311,10 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                 with ns.cells.open("a") as f:
                     f.write(json.dumps({"target": target, "model": model, "seed": seed, "diversity": ns.diversity,
                                         "metrics": metrics, "epoch_s": epoch_s}) + "\n")
-            shown = metrics.get("NDCG@10", metrics.get("dss[max]|NDCG@10", float("nan")))
+            shown = metrics.get("NDCG@10", metrics.get(f"{model}[max]|NDCG@10", float("nan")))
             print(f"{target:>7} {model:<14} seed {seed}: NDCG@10 {shown:.4f} ({epoch_s:.1f} s/epoch)", flush=True)
     for (target, model, seed), (metrics, epoch_s) in list(results.items()):
-        if model in ("dss", "dss-xd"):  # the merge rule, per seed, from validation figures alone
+        if model in DSS_ROWS:  # the merge rule, per seed, from validation figures alone
             reference = sasrec_reference(results, target, seed)
             results[(target, model, seed)] = (pick_dss(metrics, reference, model), epoch_s)
     records: list[dict[str, Any]] = []

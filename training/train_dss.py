@@ -44,8 +44,11 @@ class DSSArgs(NextItemArgs):
     lam: float = Field(0.1, ge=0, description="seq2seq: an intent counts when its presence exceeds lam in both halves")
     score: str = Field("max", description="item score over the intents: max | weighted (by pi)")
     assign: str = Field(
-        "item", description="p(k|i) from the cosine of item (embeddings) or encoder (state)s to the prototypes"
+        "item", description="p(k|i) from the cosine of item (embeddings) or encoder (state)s to learned prototypes, "
+        "or (text): of the item's sentence vector to K k-means centroids of the catalogue's (fixed)"
     )
+    text_model: str | None = Field(None, description="assign=text: the sentence-embedding model (default: the "
+                                   "packaged all-MiniLM-L6-v2, training/data/text.py)")
     seq2seq_weight: float = Field(0.2, ge=0, description="weight of the latent seq2seq loss (0: seq2item only)")
     intent_score: str = Field(
         "max", description="inference merge of the intents' lists: max | weighted | quota | round-robin "
@@ -78,14 +81,18 @@ def dss_step(
 
 
 def train_dss(
-    split: NextItemSplit, args: DSSArgs, out: Path | None = None, merged: bool = False
+    split: NextItemSplit, args: DSSArgs, out: Path | None = None, merged: bool = False,
+    text_vectors: np.ndarray | None = None,
 ) -> tuple[DSS, FitResult, Callable[[Examples], torch.Tensor]]:
-    """``merged``: the cross-domain variant (bench row ``dss-xd``): intents over the user's two domains' histories
-    interleaved in time (target ids 1..Nt, source ids after them, as ``sasrec-merged``), next-item loss and
-    scores on target items only. Bench only: it writes no checkpoint (export and ``cdrec evaluate`` read the
-    target history alone)."""
+    """``text_vectors``: with ``assign="text"``, the target items' sentence vectors (n_items + 1, E) (row 0 padding),
+    else computed (and cached) from the item titles. ``merged``: the cross-domain variant (bench row ``dss-xd``):
+    intents over the user's two domains' histories interleaved in time (target ids 1..Nt, source ids after them, as
+    ``sasrec-merged``), next-item loss and scores on target items only. Bench only: it writes no checkpoint (export
+    and ``cdrec evaluate`` read the target history alone)."""
     if merged and out is not None:
         raise ValueError("the cross-domain DSS variant is bench-only: it writes no checkpoint")
+    if merged and args.assign == "text":
+        raise ValueError("assign='text' reads the target domain's item texts; the cross-domain variant has two")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     data, target = split.data, split.target
@@ -106,6 +113,11 @@ def train_dss(
     cfg = DSSConfig(n_vocab, args.dim, args.layers, args.heads, args.dropout, args.max_len, args.intents,
                     args.tau, args.lam, args.score, args.assign, args.intent_score)
     model = DSS(cfg)
+    if args.assign == "text":
+        from training.data.text import item_text_vectors
+
+        model.set_text_anchors(text_vectors if text_vectors is not None
+                               else item_text_vectors(data, target, args.text_model), args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scorer = sequence_scorer(model, args.max_len, n_target if merged else None, merged)
     # negatives: target items only

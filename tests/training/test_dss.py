@@ -170,3 +170,60 @@ def test_the_serving_forward_equals_the_newest_column_of_every_prefixs_intents(a
         phi, _ = model.intents_all(seq)
         torch.testing.assert_close(model(seq), phi[:, -1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model(seq[:, -3:]), model.intents_all(seq[:, -3:])[0][:, -1], atol=1e-5, rtol=1e-5)
+
+
+def _topic_vectors(topics: np.ndarray, dim: int = 24, seed: int = 0) -> np.ndarray:
+    """A sentence-vector stand-in: each item = its topic's random direction + small noise; row 0 (padding) zeros."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(int(topics.max()) + 1, dim))
+    out = centres[np.maximum(topics, 0)] + 0.1 * rng.normal(size=(len(topics), dim))
+    out[0] = 0.0
+    return out.astype(np.float32)
+
+
+def test_text_anchors_recover_the_topics_of_the_items_sentence_vectors() -> None:
+    from training.models.dss import text_anchors
+
+    topics = np.array([-1] + [i // 10 for i in range(40)])  # 4 topics of 10 items
+    table = text_anchors(_topic_vectors(topics), 4, tau=0.05, seed=0)
+    assert table.shape == (41, 4)
+    assert torch.allclose(table.sum(dim=1), torch.ones(41))
+    assert torch.allclose(table[0], torch.full((4,), 0.25))  # padding: uniform
+    hard = table[1:].argmax(dim=1).numpy()
+    # one intent per topic: the items of a topic share an intent, and the 4 topics use 4 different intents
+    assert all(len(set(hard[topics[1:] == t])) == 1 for t in range(4))
+    assert len(set(hard)) == 4
+    assert float(table[1:].max(dim=1).values.min()) > 0.9  # confident at tau 0.05
+
+
+def test_text_assign_is_carried_by_the_model_used_by_the_serving_forward_and_checked() -> None:
+    topics = np.array([-1] + [i // 10 for i in range(30)])
+    model = _model(assign="text")
+    with pytest.raises(ValueError, match="31 item sentence vectors"):
+        model.set_text_anchors(np.zeros((5, 8), np.float32))
+    with pytest.raises(ValueError, match="assign='text'"):
+        _model().set_text_anchors(_topic_vectors(topics))
+    model.set_text_anchors(_topic_vectors(topics))
+    assert not torch.allclose(model.text_assign[1:], torch.full((30, 3), 1 / 3))
+    seq = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 3, 14, 25, 4, 15]])
+    phi_all, pi_all = model.intents(seq)
+    assert torch.allclose(model(seq), phi_all, atol=1e-5)
+    # presence follows the text table: pi_k = sum_i p_t(i) p(k|i) with p(k|i) the table's rows
+    assert torch.allclose(pi_all.sum(dim=1), torch.ones(1), atol=1e-5)
+    state = model.state_dict()
+    assert "text_assign" in state
+    rebuilt = DSS(model.cfg).eval()
+    rebuilt.load_state_dict(state)
+    assert torch.allclose(rebuilt(seq), model(seq))
+
+
+def test_text_anchored_dss_trains_on_planted_intents_and_refuses_the_cross_domain_variant() -> None:
+    data, topics = planted_intents(n_users=150, n_topics=4, per_topic=15)
+    split = leave_one_out(data, "shop")
+    args = DSSArgs(epochs=1, patience=1, dim=16, layers=1, max_len=20, batch_size=64, intents=4, assign="text")
+    model, _, scorer = train_dss(split, args, text_vectors=_topic_vectors(topics))
+    hard = model.text_assign[1:].argmax(dim=1).numpy()
+    assert len(set(hard)) == 4  # the anchors came from the given vectors: one intent per planted topic
+    assert np.isfinite(evaluate_ranking(scorer, split.test)["NDCG@10"])
+    with pytest.raises(ValueError, match="two"):
+        train_dss(split, args, merged=True, text_vectors=_topic_vectors(topics))

@@ -64,6 +64,7 @@ from training.models.sasrec import best_dot, softmax_loss
 from training.models.serving import Serving
 
 SCORES = ("max", "weighted")
+ASSIGNS = ("item", "state", "text")
 # how the top of the list is drawn from the K intents at inference (``intent_lists``); training is unchanged
 MERGES = ("max", "weighted", "quota", "round-robin")
 MERGE_DEPTH = 20  # the merged list's length; ranks beyond it follow the max score (``merged_scores``)
@@ -81,7 +82,10 @@ class DSSConfig:
     tau: float = 0.1  # temperature of the intent assignment
     lam: float = 0.1  # seq2seq: an intent counts when its presence pi_k exceeds lam in both halves
     score: str = "max"  # "max" | "weighted" over intents
-    assign: str = "item"  # p(k|i) from the cosine of "item" embeddings e_i or of encoder "state"s z_i to c_k
+    # p(k|i) from the cosine of "item" embeddings e_i or of encoder "state"s z_i to learned prototypes c_k, or
+    # "text": from the cosine of the item's sentence vector to K fixed k-means centroids of the catalogue's sentence
+    # vectors (``text_anchors``), a table the model carries (``DSS.text_assign``)
+    assign: str = "item"
     # inference only: how the recommended list is drawn from the intents (``MERGES``, ``intent_lists``); chosen
     # on validation after training (bench.quality ``run_dss``), recorded by the export as the manifest's
     # ``intent_score``. Checkpoints from before it load with "max".
@@ -92,8 +96,8 @@ class DSSConfig:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.intent_score not in MERGES:
             raise ValueError(f"intent_score must be one of {MERGES}, got {self.intent_score!r}")
-        if self.assign not in ("item", "state"):
-            raise ValueError(f"assign must be 'item' or 'state', got {self.assign!r}")
+        if self.assign not in ASSIGNS:
+            raise ValueError(f"assign must be one of {ASSIGNS}, got {self.assign!r}")
         if self.intents < 1:
             raise ValueError(f"intents must be >= 1, got {self.intents}")
 
@@ -113,12 +117,13 @@ class IntentLayer(nn.Module):
         nn.init.zeros_(self.recency.weight)
         self.ln = nn.LayerNorm(cfg.dim)
 
-    def forward(self, z: torch.Tensor, pad: torch.Tensor, route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z: states (B, T, D); pad (B, T); route (B, T, D): the vectors assigned to intents (z or e)."""
+    def assignment(self, route: torch.Tensor) -> torch.Tensor:
+        """route (B, T, D): the vectors assigned to intents (z or e) -> p(k|i) (B, T, K)."""
+        return torch.softmax(F.normalize(route, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau, dim=-1)
+
+    def forward(self, z: torch.Tensor, pad: torch.Tensor, assign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z: states (B, T, D); pad (B, T); assign (B, T, K): p(k|i) (``assignment``, or the text table's rows)."""
         T = z.shape[1]
-        assign = torch.softmax(
-            F.normalize(route, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau, dim=-1
-        )  # (B, T, K): p(k|i)
         ar = torch.arange(T, device=z.device)
         dist = ar[:, None] - ar[None, :]  # (T, T): query t minus key i
         logits = (z + self.query_bias) @ self.key(z).transpose(1, 2) * self.scale  # (B, T, T)
@@ -130,13 +135,10 @@ class IntentLayer(nn.Module):
         phi = self.ln(torch.einsum("btik,bid->btkd", mass, z))  # (B, T, K, D)
         return phi, mass.sum(dim=2)  # presence pi (B, T, K), sums to 1 over k
 
-    def last(self, z: torch.Tensor, pad: torch.Tensor, route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def last(self, z: torch.Tensor, pad: torch.Tensor, assign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` at the newest column only: the whole history's intents (B, K, D) and presence (B, K).
         Serving needs no other prefix, and this costs (B, T, K, D) instead of (B, T, T, K, D)."""
         T = z.shape[1]
-        assign = torch.softmax(
-            F.normalize(route, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau, dim=-1
-        )  # (B, T, K): p(k|i)
         dist = (T - 1) - torch.arange(T, device=z.device)  # (T,): the newest column minus key i
         query = (z[:, -1] + self.query_bias)[:, None, :]  # (B, 1, D)
         logits = (query @ self.key(z).transpose(1, 2))[:, 0] * self.scale  # (B, T)
@@ -155,6 +157,24 @@ class DSS(nn.Module):
         enc = EncoderConfig(cfg.dim, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
         self.encoder = CausalEncoder(enc, "transformer")
         self.intent = IntentLayer(cfg)
+        if cfg.assign == "text":  # p(k|i) of every item id (row 0: padding), filled by ``set_text_anchors``
+            self.register_buffer("text_assign", torch.full((cfg.n_items + 1, cfg.intents), 1.0 / cfg.intents))
+
+    def set_text_anchors(self, vectors: np.ndarray, seed: int = 0) -> None:
+        """``assign="text"``: p(k|i) from the items' sentence vectors (n_items + 1, E) (row 0 padding), see
+        ``text_anchors``. Fixed for the model's life: training never changes it, the checkpoint carries it."""
+        if self.cfg.assign != "text":
+            raise ValueError(f"text anchors need assign='text', the model has assign={self.cfg.assign!r}")
+        if vectors.shape[0] != self.cfg.n_items + 1:
+            raise ValueError(f"expected {self.cfg.n_items + 1} item sentence vectors (row 0 padding), got "
+                             f"{vectors.shape[0]}")
+        self.text_assign.copy_(text_anchors(vectors, self.cfg.intents, self.cfg.tau, seed))
+
+    def _assign(self, seq: torch.Tensor, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """p(k|i) (B, T, K) of the items of ``seq`` (B, T), their embeddings e and states z (B, T, D)."""
+        if self.cfg.assign == "text":
+            return self.text_assign[seq]
+        return self.intent.assignment(e if self.cfg.assign == "item" else z)
 
     def config_dict(self) -> dict[str, object]:
         return asdict(self.cfg)
@@ -164,7 +184,7 @@ class DSS(nn.Module):
         pad = seq == 0
         e = self.item_emb(seq)  # (B, T, D)
         z = self.encoder(e * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
-        return self.intent(z, pad, e if self.cfg.assign == "item" else z)
+        return self.intent(z, pad, self._assign(seq, e, z))
 
     def intents(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) -> the whole history's intents (B, K, D) and presence (B, K)."""
@@ -176,7 +196,7 @@ class DSS(nn.Module):
         pad = seq == 0
         e = self.item_emb(seq)  # (B, T, D)
         z = self.encoder(e * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
-        return self.intent.last(z, pad, e if self.cfg.assign == "item" else z)
+        return self.intent.last(z, pad, self._assign(seq, e, z))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """Serving tower: (B, T) item ids -> (B, K, D) intent vectors (``intents``' first output, computed at the
@@ -206,6 +226,44 @@ class DSS(nn.Module):
         rule = "weighted" if "weighted" in (cfg.score, cfg.intent_score) else cfg.intent_score
         return Serving("intents", self, ("target",), cfg.n_items, cfg.max_len, intents=cfg.intents,
                        intent_score=rule)
+
+
+def text_anchors(
+    vectors: np.ndarray, k: int, tau: float, seed: int = 0, iters: int = 25, restarts: int = 4
+) -> torch.Tensor:
+    """Items' sentence vectors (N + 1, E) (row 0 padding) -> p(k|i) (N + 1, K): the softmax over K centroids of
+    the cosine of each item's vector to each centroid, divided by ``tau``. The centroids are spherical k-means of
+    the N items' unit vectors (k-means++ starts drawn from ``seed``, ``iters`` rounds, the best of ``restarts``
+    by total cosine to the centres). Padding and items without text (a zero vector) get the uniform row."""
+    x = np.asarray(vectors[1:], dtype=np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    has_text = norm[:, 0] > 0
+    x = np.where(has_text[:, None], x / np.maximum(norm, 1e-12), 0.0)
+    pts = x[has_text]
+    if len(pts) < k:
+        raise ValueError(f"text anchors need at least K={k} items with text, got {len(pts)}")
+    rng = np.random.default_rng(seed)
+    best, best_fit = None, -np.inf
+    for _ in range(restarts):
+        centres = [pts[rng.integers(len(pts))]]
+        for _ in range(1, k):  # k-means++: the next start drawn by the squared cosine gap to the chosen ones
+            gap = np.clip(1.0 - np.max(pts @ np.stack(centres).T, axis=1), 0.0, None) ** 2
+            centres.append(pts[rng.choice(len(pts), p=gap / gap.sum())] if gap.sum() > 0
+                           else pts[rng.integers(len(pts))])
+        c = np.stack(centres)
+        for _ in range(iters):
+            label = np.argmax(pts @ c.T, axis=1)
+            for j in range(k):  # an emptied cluster keeps its centre
+                total = pts[label == j].sum(axis=0)
+                if np.linalg.norm(total) > 0:
+                    c[j] = total / np.linalg.norm(total)
+        fit = float(np.max(pts @ c.T, axis=1).sum())
+        if fit > best_fit:
+            best, best_fit = c, fit
+    assert best is not None
+    out = torch.softmax(torch.as_tensor(x @ best.T / tau, dtype=torch.float32), dim=1)  # (N, K)
+    out[torch.as_tensor(~has_text)] = 1.0 / k
+    return torch.cat([torch.full((1, k), 1.0 / k), out])
 
 
 def intent_scores(phi: torch.Tensor, pi: torch.Tensor, items: torch.Tensor, score: str) -> torch.Tensor:
