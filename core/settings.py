@@ -134,6 +134,11 @@ class ServiceSettings(BaseModel):
         description="gc.freeze() once a bundle is loaded, so the collector never rescans the bundle's objects "
         "(a full collection of them paused a worker ~46 ms); false = Python's default collector",
     )
+    faiss_interrupt_checks: bool = Field(
+        False,
+        description="let FAISS searches check for Ctrl-C (its Python callback takes the GIL mid-search, a second GIL "
+        "hand-off per search under load); false = no check, a search takes the GIL once, when it returns",
+    )
     switch_interval_s: float | None = Field(
         None,
         gt=0,

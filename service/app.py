@@ -114,9 +114,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from service.adapters.faiss_index import set_threads
+        from service.adapters.faiss_index import interrupt_checks, interrupt_checks_on, set_threads
 
         set_threads(cfg.faiss_threads)
+        interrupts_before = interrupt_checks_on()
+        interrupt_checks(cfg.faiss_interrupt_checks)  # process-wide: restored on the way out, as the switch interval
         switch_before = sys.getswitchinterval()
         if cfg.switch_interval_s is not None:  # process-wide: restored on the way out (tests build many apps)
             sys.setswitchinterval(cfg.switch_interval_s)
@@ -183,6 +185,7 @@ def create_app(settings: Settings) -> FastAPI:
             if cfg.gc_freeze:  # process-wide too: what this app froze becomes collectable again
                 gc.unfreeze()
             sys.setswitchinterval(switch_before)
+            interrupt_checks(interrupts_before)
             if watch is not None:
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

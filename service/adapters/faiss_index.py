@@ -41,6 +41,24 @@ def set_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
+def interrupt_checks(on: bool) -> None:
+    """FAISS' Python build installs an interrupt callback that every search calls (after each block of queries,
+    so once per single-query search) to let Ctrl-C stop a long search: it takes the GIL in the middle of a search
+    that had released it. A worker's searches run in the executor while the event loop holds the GIL, so each one
+    paid a second GIL hand-off (py-spy under load: 9-12 % of a worker's samples waited in
+    ``InterruptCallback::check``). Off (``clear_instance``): a search takes the GIL once, when it returns; on
+    (``PythonInterruptCallback.reset``): FAISS' default. Process-wide."""
+    if on:
+        faiss.PythonInterruptCallback.reset()
+    else:
+        faiss.InterruptCallback.clear_instance()  # type: ignore[attr-defined]
+
+
+def interrupt_checks_on() -> bool:
+    """Whether searches call the interrupt callback (FAISS answers a period of 2**30 queries when none is set)."""
+    return bool(faiss.InterruptCallback.get_period_hint(10**6) < 1 << 30)  # type: ignore[attr-defined]
+
+
 Exclusion = Literal["selector", "deeper", "auto"]
 # ``auto``: the deepest post-filtered search of an IVF or flat index before the selector takes over (a deeper
 # heap costs per row; the selector's per-request set costs per exclusion: bench.faiss_exclude puts the crossing
