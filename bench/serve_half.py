@@ -16,7 +16,8 @@ request in flight or arriving meanwhile waits it out. ``--mix`` adds, per varian
 read-only run and 10:1 read/write mix on the upper half of the warm users, back to back (the ratio of their
 req/s; the variants share Redis, so one's events reach the others' users too). ``NAME@DIR`` runs that variant
 from another source tree (``git archive <commit> | tar -x -C DIR``: the code before a change, same run).
-Writes docs/results.{json,md} (bench ``serve-half``) unless --no-write.
+``--closed 1,8,64`` adds each variant's unpaced (closed-loop) req/s at those concurrencies, every round, the
+variants' order alternating between rounds, with the ratio to the first variant's. Writes docs/results.{json,md} (bench ``serve-half``) unless --no-write.
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-timeout", type=float, default=0.05)
     p.add_argument("--cache", type=Path, default=ROOT / ".cdrec" / "bench-serve")
     p.add_argument("--mix", action="store_true", help="per variant and round also read-only vs the 10:1 mix")
+    p.add_argument("--closed", default="", help="also each variant's unpaced req/s at these concurrencies (comma "
+                   "separated, e.g. 1,8,64), every round, variants in alternating order; with the ratio to the first")
     p.add_argument("--no-write", action="store_true")
     ns = p.parse_args(argv)
+    closed = [int(c) for c in ns.closed.split(",") if c.strip()]
     argv_shown = list(sys.argv[1:] if argv is None else argv)
     variants = [parse_variant(v) for v in (ns.variant or ["gc-default:CDREC_SERVICE__GC_FREEZE=false", "gc-freeze:"])]
     load_before = os.getloadavg()[0]
@@ -153,7 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peak {peak:.0f} req/s ({variants[0][0]}): offering {peak / 2:.0f}", file=sys.stderr)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
         mixes: dict[str, list[float]] = {name: [] for name in urls}
-        for _ in range(ns.rounds):
+        unpaced: dict[tuple[str, int], list[float]] = {(name, c): [] for name in urls for c in closed}
+        for rnd in range(ns.rounds):
+            order = list(urls.items()) if rnd % 2 == 0 else list(urls.items())[::-1]  # neither always goes first
+            for c in closed:
+                for name, url in order:
+                    unpaced[(name, c)].append(run_wrk(url, "POST", ROUTE, "w", n, c, ns.duration)["req/s"])
+                print("unpaced c=" + str(c) + ": " + ", ".join(f"{v} {unpaced[(v, c)][-1]:.0f}" for v in urls),
+                      file=sys.stderr)
             for name, url in urls.items():
                 if ns.mix:  # read-only then 10:1 on the same users, back to back (bench.serve's mix rows)
                     ro, mix = mix_rows(ns, ns.index, root, url, n, ns.concurrency)
@@ -172,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = statistics.median(mixes[name]) if mixes[name] else float("nan")
             cwd = next(c for v, _, c in variants if v == name)
             rows.append({"variant": name, "env": env, "offered": peak / 2, **row, "mix_ratio": ratio,
-                         "source": "" if cwd == ROOT else str(cwd)})  # fmt: skip
+                         "source": "" if cwd == ROOT else str(cwd),
+                         "unpaced": {c: statistics.median(unpaced[(name, c)]) for c in closed}})  # fmt: skip
     finally:
         for proc in procs:
             stop_server(proc)
@@ -188,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   ("server_p99_ms", "server_p99_ms"), ("ratio_vs_read_only",
                                                                                        "mix_ratio"))
                 if r[key] == r[key]]  # fmt: skip
+        recs += [record(BENCH, dataset, f"target=music@c={c}", f"{r['variant']}:{ns.index}", "req/s", [v],
+                        split="loopback") for r in rows for c, v in r["unpaced"].items()]  # fmt: skip
         update_json(BENCH, recs)
         update_markdown(BENCH, text)
     return 0
@@ -203,6 +217,15 @@ def report(ns: argparse.Namespace, argv: list[str], rows: list[dict[str, Any]], 
                      f"{r['p99_ms']:.2f} | {r['server_p99_ms']:.2f} | {r['server_over_16ms']:.2%} | "
                      f"{r['gc_full']:.0f} | {r['gc_young']:.0f} | {r['gc_pause_ms']:.0f} | "
                      f"{'' if r['mix_ratio'] != r['mix_ratio'] else format(r['mix_ratio'], '.2f')} |")  # fmt: skip
+    if rows and rows[0]["unpaced"]:
+        first = rows[0]["unpaced"]
+        cs = list(first)
+        lines += ["", f"Unpaced (closed loop, {ns.duration:g} s per run, medians of {ns.rounds} rounds in alternating "
+                  f"variant order): req/s, and in brackets the ratio to {rows[0]['variant']}'s in the same run.", "",
+                  "| variant | " + " | ".join(f"c={c}" for c in cs) + " |", "|" + "---|" * (len(cs) + 1)]  # fmt: skip
+        for r in rows:
+            cells = [f"{r['unpaced'][c]:.0f} ({r['unpaced'][c] / first[c]:.3f})" for c in cs]
+            lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join([
         f"## Serve: p99 at half the peak, variants side by side ({ns.index}, {ns.items // 1000}k items, "
         f"{ns.workers} workers, wrk -t1 -c{ns.concurrency})",
