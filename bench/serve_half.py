@@ -17,7 +17,8 @@ read-only run and 10:1 read/write mix on the upper half of the warm users, back 
 req/s; the variants share Redis, so one's events reach the others' users too). ``NAME@DIR`` runs that variant
 from another source tree (``git archive <commit> | tar -x -C DIR``: the code before a change, same run).
 ``--closed 1,8,64`` adds each variant's unpaced (closed-loop) req/s at those concurrencies, every round, the
-variants' order alternating between rounds, with the ratio to the first variant's. Writes docs/results.{json,md} (bench ``serve-half``) unless --no-write.
+variants' order alternating between rounds, with the ratio to the first variant's. Writes
+docs/results.{json,md} (bench ``serve-half``) unless --no-write.
 """
 
 from __future__ import annotations
