@@ -117,13 +117,9 @@ def run_dss(
     from training.train_dss import DSSArgs, merge_scorer, train_dss
 
     # SASRec's bench settings (dropout 0.5, patience 4), so the rows differ by the model alone
+    # assign="text": train_dss reads the items' sentence vectors from the same cache as the diversity reference
     args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5, assign=assign)
-    text = None
-    if assign == "text":  # the same cached table the diversity reference reads
-        from training.data.text import item_text_vectors
-
-        text = item_text_vectors(split.data, split.target, progress=False)
-    model, result, _ = train_dss(split, args, merged=merged, text_vectors=text)
+    model, result, _ = train_dss(split, args, merged=merged)
     model.eval()
     n_target = split.data.n_items(split.target) if merged else None
     out: dict[str, float] = {}
@@ -270,9 +266,10 @@ def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[
 
 def merge_text(records: list[dict[str, Any]]) -> str:
     """The DSS merge rules' note and their VALIDATION table (the figures the rule was picked on), when present."""
+    ruled = tuple(f"{d}[" for d in DSS_ROWS)  # ``dss[quota]``: one DSS row under one merge rule
     valid = [r for r in records if r.get("split") == "valid" and r["metric"] in ("NDCG@10", *DIVERSITY[:2])
-             and (r["model"] == "sasrec" or r["model"].startswith(tuple(f"{d}[" for d in DSS_ROWS)))]
-    if not any(r["model"].startswith(tuple(f"{d}[" for d in DSS_ROWS)) for r in valid):
+             and (r["model"] == "sasrec" or r["model"].startswith(ruled))]
+    if not any(r["model"].startswith(ruled) for r in valid):
         return ""
     return f"""
 DSS rows: `dss[<rule>]` is the same trained model under each inference merge rule (training/models/dss.py
