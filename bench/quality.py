@@ -92,23 +92,33 @@ def sasrec_valid_diversity(target: str, seed: int) -> dict[str, float] | None:
     return {r["metric"]: r["values"][seed] if seed < len(r["values"]) else r["mean"] for r in rows}
 
 
-DSS_ROWS = ("dss", "dss-xd", "dss-text")
+# DSS rows: name -> (cross-domain, DSSArgs options beside the bench settings); training/train_dss.py
+DSS_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
+    "dss": (False, {}),  # the target history
+    "dss-xd": (True, {}),  # both domains' histories interleaved, target items scored
+    "dss-text": (False, {"assign": "text"}),  # intents anchored on k-means clusters of the items' sentence vectors
+    "dss-cos": (False, {"cosine": 0.1}),  # cosine item scores at temperature 0.1
+    "dss-nologq": (False, {"logq": False}),  # popularity-sampled negatives without the logQ correction
+    "dss-present": (False, {"mask_absent": True}),  # only the intents present above lam score items
+    "dss-cos-item": (False, {"cosine": 0.1, "aggregate": "item"}),  # cosine; intents as item-embedding centroids
+    "dss-cos-both": (False, {"cosine": 0.1, "aggregate": "both"}),  # cosine; intents aggregate states + items
+    "dss-cos-item-k8": (False, {"cosine": 0.1, "aggregate": "item", "intents": 8}),  # dss-cos-item with K = 8
+}
+DSS_ROWS = tuple(DSS_VARIANTS)
 
 
-def dss_runner(merged: bool, assign: str = "item") -> Runner:
-    """``dss`` (target history), ``dss-xd`` (``merged``: both domains' histories interleaved, target items
-    scored) or ``dss-text`` (``assign="text"``: intents anchored on k-means clusters of the items' sentence
-    vectors); training/train_dss.py."""
-    name = "dss-xd" if merged else ("dss-text" if assign == "text" else "dss")
+def dss_runner(name: str) -> Runner:
+    """The bench row ``name`` of ``DSS_VARIANTS``."""
+    merged, options = DSS_VARIANTS[name]
 
     def run(split: NextItemSplit, seed: int) -> tuple[dict[str, float], float]:
-        return run_dss(split, seed, merged, name, assign)
+        return run_dss(split, seed, merged, name, **options)
 
     return run
 
 
 def run_dss(
-    split: NextItemSplit, seed: int, merged: bool = False, name: str = "dss", assign: str = "item"
+    split: NextItemSplit, seed: int, merged: bool = False, name: str = "dss", **options: Any
 ) -> tuple[dict[str, float], float]:
     """One DSS model, scored under every merge rule (training/models/dss.py ``MERGES``) on validation and test:
     keys ``<name>[<rule>]|<metric>`` (``valid `` first for validation). ``main`` then picks the row ``<name>`` per
@@ -118,7 +128,7 @@ def run_dss(
 
     # SASRec's bench settings (dropout 0.5, patience 4), so the rows differ by the model alone
     # assign="text": train_dss reads the items' sentence vectors from the same cache as the diversity reference
-    args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5, assign=assign)
+    args = DSSArgs(seed=seed, epochs=40, patience=4, dropout=0.5, **options)
     model, result, _ = train_dss(split, args, merged=merged)
     model.eval()
     n_target = split.data.n_items(split.target) if merged else None
@@ -172,9 +182,7 @@ def runners() -> dict[str, Runner]:
         "popularity": run_popularity,
         "sasrec": sasrec_runner(False),
         "sasrec-merged": sasrec_runner(True),
-        "dss": dss_runner(False),
-        "dss-xd": dss_runner(True),
-        "dss-text": dss_runner(False, "text"),
+        **{name: dss_runner(name) for name in DSS_VARIANTS},
     }
     try:  # the cross-domain rows (GUR, CDSRec and its ablations), when that part is installed
         from bench.cross_domain import cross_domain_runners
@@ -247,7 +255,11 @@ def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[st
 
 
 COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"),
-            ("dss", "sasrec"), ("dss-xd", "sasrec"), ("dss-xd", "dss"), ("dss-text", "sasrec"), ("dss-text", "dss"))
+            ("dss", "sasrec"), ("dss-xd", "sasrec"), ("dss-xd", "dss"), ("dss-text", "sasrec"), ("dss-text", "dss"),
+            ("dss-cos", "sasrec"), ("dss-cos", "dss"), ("dss-nologq", "sasrec"), ("dss-nologq", "dss"),
+            ("dss-present", "sasrec"), ("dss-present", "dss"), ("dss-cos-item", "sasrec"), ("dss-cos-item", "dss"),
+            ("dss-cos-both", "sasrec"), ("dss-cos-both", "dss"), ("dss-cos-item-k8", "sasrec"),
+            ("dss-cos-item-k8", "dss-cos-item"))
 
 
 def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[str]:

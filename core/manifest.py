@@ -105,7 +105,7 @@ class GraphSpec(_Strict):
     intents: int | None = Field(default=None, ge=1)
     # "quota" / "round-robin" (training/models/dss.py ``intent_lists``): the list is drawn across the intents; the
     # graph then outputs each intent's unit vector times its presence (0 for an intent below the threshold)
-    intent_score: Literal["max", "quota", "round-robin"] | None = None
+    intent_score: Literal["max", "quota", "round-robin", "head3"] | None = None
     # the output does not depend on leading all-padding columns: export measured max |ORT(max_len) - ORT(cut)|
     # (trim_max_abs_diff) within the parity tolerance, so the service feeds every input cut by
     # core.sequence.trim_padding. False (bundles before it; a graph with absolute positions): always max_len.

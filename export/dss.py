@@ -94,7 +94,8 @@ def dss_graph(
     if spec.intent_score == "weighted":  # one vector: an ordinary user tower
         tower = dataclasses.replace(spec, role="user_tower", module=WeightedDSSTower(model), intents=None)
     else:  # K vectors; an intent-aware merge exports each intent's unit vector times its presence
-        module = PresenceDSSTower(model) if spec.intent_score in ("quota", "round-robin") else DSSTower(model)
+        aware = spec.intent_score in ("quota", "round-robin", "head3")
+        module = PresenceDSSTower(model) if aware else DSSTower(model)
         tower = dataclasses.replace(spec, module=module)
     return graph_from(tower, meta, path, target, source, type(tower.module).__name__)
 

@@ -26,6 +26,7 @@ from training.models.dss import (
     DSS,
     MERGES,
     DSSConfig,
+    head_basis,
     item_loss,
     merged_scores,
     reversed_future,
@@ -49,6 +50,14 @@ class DSSArgs(NextItemArgs):
     )
     text_model: str | None = Field(None, description="assign=text: the sentence-embedding model (default: the "
                                    "packaged all-MiniLM-L6-v2, training/data/text.py)")
+    cosine: float = Field(0.0, ge=0, description="0: dot-product item scores; > 0: cosine of intent and item "
+                          "vectors divided by this temperature (no popularity in the items' norms)")
+    logq: bool = Field(True, description="logQ-correct the popularity-sampled negatives (false: a popularity "
+                       "penalty learned into the scores)")
+    aggregate: str = Field("state", description="what an intent aggregates: encoder state (the paper's) | item "
+                           "(embeddings: intents as item centroids) | both")
+    mask_absent: bool = Field(False, description="an intent not present above lam scores no item of its own (its "
+                              "vector is the strongest intent's in every item score)")
     seq2seq_weight: float = Field(0.2, ge=0, description="weight of the latent seq2seq loss (0: seq2item only)")
     intent_score: str = Field(
         "max", description="inference merge of the intents' lists: max | weighted | quota | round-robin "
@@ -66,7 +75,9 @@ def dss_step(
     phi, pi = model.intents_all(x)  # (B, W, K, D), (B, W, K)
     items = model.item_vectors() if n_output is None else model.item_vectors()[: n_output + 1]
     real = (y > 0) if n_output is None else (y > 0) & (y <= n_output)
-    s2i = item_loss(phi[real], pi[real], y[real], items, model.cfg.score, args.negatives, sampler)
+    phi_r, pi_r = phi[real], pi[real]
+    s2i = item_loss(model.scored(phi_r, pi_r), pi_r, y[real], items, model.cfg.score, args.negatives, sampler,
+                    args.logq)
     if args.seq2seq_weight <= 0:
         return s2i, torch.zeros((), device=x.device)
     full = torch.cat([x, y[:, -1:]], dim=1)  # (B, W + 1): the whole row x_1..x_L
@@ -76,7 +87,7 @@ def dss_step(
     col = x.shape[1] - length + cut  # the prefix's newest item x_cut sits at this column of x
     future = trim_left_padding(reversed_future(full, cut))[0]
     f_phi, f_pi = model.intents(future)  # (B, K, D), (B, K)
-    s2s = seq2seq_loss(phi[rows, col], pi[rows, col], f_phi, f_pi, model.cfg.lam)
+    s2s = seq2seq_loss(phi[rows, col], pi[rows, col], f_phi, f_pi, model.cfg.lam, model.seq2seq_scale())
     return s2i, s2s
 
 
@@ -111,7 +122,8 @@ def train_dss(
         inputs, labels = next_item_pairs(list(split.train_sequences(target).values()), args.max_len)
 
     cfg = DSSConfig(n_vocab, args.dim, args.layers, args.heads, args.dropout, args.max_len, args.intents,
-                    args.tau, args.lam, args.score, args.assign, args.intent_score)
+                    args.tau, args.lam, args.score, args.assign, args.intent_score, args.cosine,
+                    args.mask_absent, args.aggregate)
     model = DSS(cfg)
     if args.assign == "text":
         from training.data.text import item_text_vectors
@@ -150,8 +162,9 @@ def merge_scorer(
     def score(ex: Examples) -> torch.Tensor:
         hist = ex.target_hist if n_target is None else ex.merged_hist(n_target)
         phi, pi = model.last_intents(encode_histories(hist, max_len))  # (B, K, D), (B, K)
+        phi = model.scored(phi, pi)
         items = model.item_vectors() if n_target is None else model.item_vectors()[: n_target + 1]
-        per_intent = torch.einsum("bkd,nd->bkn", phi, items)  # (B, K, N + 1)
+        per_intent = torch.einsum("bkd,nd->bkn", head_basis(phi, rule), items)  # (B, K, N + 1)
         excluded = torch.zeros(per_intent.shape[0], per_intent.shape[2], dtype=torch.bool)
         excluded[:, 0] = True  # padding
         for row, items in enumerate(ex.target_hist):

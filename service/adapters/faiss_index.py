@@ -63,6 +63,7 @@ Exclusion = Literal["selector", "deeper", "auto"]
 # ``auto``: the deepest post-filtered search of an IVF or flat index before the selector takes over (a deeper
 # heap costs per row; the selector's per-request set costs per exclusion: bench.faiss_exclude puts the crossing
 # between 200 and 1,000 exclusions)
+HEAD3 = 3  # merge "head3": the rows drawn by best score before the intents take turns (dss.py HEAD)
 DEEPER_MAX = 256
 
 
@@ -186,9 +187,11 @@ class FaissItemIndex:
         intent's best row outside ``exclude`` not yet listed. A row's score is its dot product with the intent
         that drew it. ONE FAISS search of the K queries, ``k + |exclude|`` deep: an intent's list then holds at
         least k rows outside ``exclude``, and fewer than k are taken, so a slot always finds one; an approximate
-        index that comes back short is finished by exact scores of that intent."""
-        if merge not in ("quota", "round-robin"):
-            raise ValueError(f"unknown intent merge {merge!r}: max, quota or round-robin")
+        index that comes back short is finished by exact scores of that intent. ``head3``: the first ``HEAD3`` rows
+        are the best by max over the present intents' unit vectors (each row divided by its norm), then the intents
+        take turns as in round-robin; those rows carry that unit score."""
+        if merge not in ("quota", "round-robin", "head3"):
+            raise ValueError(f"unknown intent merge {merge!r}: max, quota, round-robin or head3")
         presence = np.linalg.norm(q, axis=1)  # (K,)
         present = presence > 0
         if not present.any():  # no intent at all (cannot come from the export, which keeps the strongest)
@@ -203,12 +206,18 @@ class FaissItemIndex:
                 found = list(zip(rows, best, strict=True))
             lists.append(found)
         weight = np.where(present, presence if merge == "quota" else 1.0, -np.inf)
-        tiebreak = presence * 1e-6 if merge == "round-robin" else 0.0
+        tiebreak = presence * 1e-6 if merge != "quota" else 0.0
         count = np.zeros(len(q))
         ptr = [0] * len(q)
         taken: set[int] = set()
         out_rows: list[int] = []
         out_scores: list[float] = []
+        if merge == "head3":  # the first HEAD3 rows by the best score over the present intents' unit vectors
+            unit = q[present] / presence[present][:, None]
+            union = np.unique([r for j in np.flatnonzero(present) for r, _ in lists[j]]).astype(np.int64)
+            rows, best = self._ranked_best(union, unit, min(HEAD3, k), frozenset())
+            out_rows, out_scores = list(rows), list(best)
+            taken.update(rows)
         while len(out_rows) < k:
             j = int(np.argmax(weight / (2 * count + 1) + tiebreak))
             while lists[j][ptr[j]][0] in taken:

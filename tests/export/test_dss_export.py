@@ -103,3 +103,23 @@ def test_a_manifest_whose_intents_disagree_with_the_output_shape_is_refused(bund
     graph["intents"], graph["intent_score"] = 3, "max"  # the SASRec encoder's output is (batch, D)
     with pytest.raises(ValueError, match="declares 3 intents"):
         Manifest.model_validate(raw)
+
+
+def test_a_cosine_item_centroid_dss_with_absent_intents_masked_exports_what_it_scores(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = DSSConfig(n_items=30, dim=16, layers=1, dropout=0.0, max_len=12, intents=3, lam=0.3, cosine=0.1,
+                    aggregate="item", mask_absent=True)
+    model = DSS(cfg).eval()
+    graph = dss_graph(model, {"model": "dss", "target": "music", "n_target_items": 30})
+    assert graph.intents == 3
+    onnx_graph.export_onnx(graph, tmp_path / "dss.onnx")
+    sess = onnx_graph.session(tmp_path / "dss.onnx")
+    seq = encode_batch([[3, 7, 1, 9, 4], [2], [], list(range(1, 16))], 12)
+    ort = sess.run(None, {"target_seq": seq, "source_seq": np.zeros_like(seq)})[0]
+    with torch.inference_mode():
+        items = graph.module.item_vectors().numpy()  # type: ignore[operator]
+        want = model.score(torch.from_numpy(seq))[:, 1:].numpy()  # max over the present intents' cosines / T
+    assert np.isfinite(ort).all()  # the empty history too (item centroids of padding: LayerNorm's bias)
+    np.testing.assert_allclose(np.linalg.norm(ort[[0, 1, 3]], axis=-1), 1.0, atol=1e-5)  # unit intents
+    np.testing.assert_allclose(np.linalg.norm(items[1:], axis=1), 10.0, atol=1e-4)  # unit items / T
+    np.testing.assert_allclose((ort @ items[1:].T).max(axis=1), want, atol=1e-4)

@@ -18,7 +18,7 @@ def _model(rule: str) -> DSS:
     return DSS(DSSConfig(n_items=30, dim=16, layers=1, dropout=0.0, max_len=12, intents=3, intent_score=rule)).eval()
 
 
-@pytest.mark.parametrize("rule", ["quota", "round-robin"])
+@pytest.mark.parametrize("rule", ["quota", "round-robin", "head3"])
 def test_an_intent_aware_merge_exports_presence_scaled_unit_intents(rule: str) -> None:
     model = _model(rule)
     graph = dss_graph(model, META)

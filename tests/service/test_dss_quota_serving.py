@@ -107,7 +107,7 @@ def test_quota_answers_equal_the_training_rule_on_brute_force_scores_and_never_r
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
-@pytest.mark.parametrize("merge", ["quota", "round-robin"])
+@pytest.mark.parametrize("merge", ["quota", "round-robin", "head3"])
 def test_drawn_search_is_the_training_rule_outside_the_exclusions(kind: str, merge: str, tmp_path: Path) -> None:
     n, d = 300, 16
     rng = np.random.default_rng(3)
@@ -121,10 +121,18 @@ def test_drawn_search_is_the_training_rule_outside_the_exclusions(kind: str, mer
         exclude = set(rng.choice(n, size=int(rng.integers(0, n - 50)), replace=False).tolist())
         rows, scores = served.intent_view(merge).search(queries, 10, exclude)
         assert len(rows) == len(set(rows)) == 10 and not set(rows) & exclude
-        drawn_by = np.isclose(items[rows] @ queries.T, np.asarray(scores)[:, None], atol=1e-4)  # (10, K)
-        assert (drawn_by & (keep > 0)[None]).any(axis=1).all()  # each score is a present intent's own
-        if kind == "flat":  # exact: the training rule on brute-force scores
-            per_intent = torch.as_tensor(queries @ items.T)[None]
+        basis = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)  # unit (0 if absent)
+        got = np.asarray(scores)[:, None]
+        # (10, K): each score is a present intent's own (head3's head: its unit intent's)
+        drawn_by = np.isclose(items[rows] @ queries.T, got, atol=1e-4)
+        drawn_by |= np.isclose(items[rows] @ basis.T, got, atol=1e-4)
+        assert (drawn_by & (keep > 0)[None]).any(axis=1).all()
+        if merge == "head3" and kind == "flat":  # the head: the 3 best by max over the present unit intents
+            best = np.where(keep[None] > 0, items @ basis.T, -np.inf).max(axis=1)
+            best[list(exclude)] = -np.inf
+            assert sorted(rows[:3]) == sorted(np.argsort(-best)[:3].tolist())
+        if kind == "flat":  # exact: the training rule on brute-force scores (head_basis: unit intents)
+            per_intent = torch.as_tensor(basis @ items.T)[None]
             per_intent[0, :, list(exclude)] = -torch.inf
             want = intent_lists(per_intent, torch.as_tensor(np.linalg.norm(queries, axis=1))[None], merge, LAM, 10)
             assert rows == want[0].tolist()

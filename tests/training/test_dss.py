@@ -28,7 +28,8 @@ def _one_thread() -> None:
 
 def _model(**kw: object) -> DSS:
     torch.manual_seed(0)
-    return DSS(DSSConfig(n_items=30, dim=16, layers=1, dropout=0.0, max_len=12, intents=3, **kw)).eval()  # type: ignore[arg-type]
+    return DSS(DSSConfig(**{"n_items": 30, "dim": 16, "layers": 1, "dropout": 0.0, "max_len": 12, "intents": 3,
+                            **kw})).eval()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("assign", ["item", "state"])
@@ -162,9 +163,10 @@ def test_item_loss_is_the_softmax_over_the_intent_scores(score: str) -> None:
     assert torch.isfinite(sampled) and phi.grad is not None and torch.isfinite(phi.grad).all()
 
 
-@pytest.mark.parametrize("assign", ["item", "state"])
-def test_the_serving_forward_equals_the_newest_column_of_every_prefixs_intents(assign: str) -> None:
-    model = _model(assign=assign)
+@pytest.mark.parametrize(("assign", "aggregate"), [("item", "state"), ("state", "state"), ("item", "item"),
+                                                   ("state", "both")])
+def test_the_serving_forward_equals_the_newest_column_of_every_prefixs_intents(assign: str, aggregate: str) -> None:
+    model = _model(assign=assign, aggregate=aggregate)
     seq = torch.as_tensor(encode_batch([[3, 7, 1, 9, 4], [2], [], list(range(1, 16))], 12))
     with torch.no_grad():
         phi, _ = model.intents_all(seq)
@@ -227,3 +229,126 @@ def test_text_anchored_dss_trains_on_planted_intents_and_refuses_the_cross_domai
     assert np.isfinite(evaluate_ranking(scorer, split.test)["NDCG@10"])
     with pytest.raises(ValueError, match="two"):
         train_dss(split, args, merged=True, text_vectors=_topic_vectors(topics))
+
+
+def test_cosine_scoring_serves_unit_intents_against_unit_items_over_the_temperature() -> None:
+    model = _model(cosine=0.1)
+    seq = torch.as_tensor(encode_batch([[3, 7, 1, 9, 4], [2], []], 12))
+    with torch.no_grad():
+        served = model(seq)
+        items = model.item_vectors()
+        torch.testing.assert_close(served.norm(dim=-1), torch.ones(3, 3))
+        torch.testing.assert_close(items[1:].norm(dim=-1), torch.full((30,), 10.0))
+        assert items[0].abs().max() == 0  # padding stays a zero row
+        phi, _ = model.intents_all(seq)  # training reads the same unit vectors
+        torch.testing.assert_close(phi[:, -1], served, atol=1e-5, rtol=1e-5)
+        raw_items = model.item_emb.weight[None, None, 1:]
+        cos = torch.nn.functional.cosine_similarity(served[:, :, None, :], raw_items, dim=-1)
+        torch.testing.assert_close(model.score(seq)[:, 1:], cos.amax(dim=1) / 0.1, atol=1e-4, rtol=1e-4)
+    assert model.seq2seq_scale() == pytest.approx(10.0)
+    assert _model().seq2seq_scale() == pytest.approx(16**-0.5)
+    with pytest.raises(ValueError, match="cosine must be >= 0"):
+        _model(cosine=-1.0)
+
+
+def test_without_logq_the_sampled_loss_scores_raw_logits_and_penalises_frequent_negatives() -> None:
+    from torch.nn import functional as F
+
+    from training.models.sasrec import softmax_loss
+
+    gen = torch.Generator().manual_seed(1)
+    h, items = torch.randn(4, 6, generator=gen), torch.randn(40, 6, generator=gen)
+    labels = torch.tensor([1, 2, 3, 4])
+    sampler = torch.full((40,), 0.2 / 38)  # item 8: most draws (16 negatives < 39 items: the sampled path)
+    sampler[0], sampler[8] = 0.0, 0.8
+    torch.manual_seed(5)
+    raw = softmax_loss(h, labels, items, 16, sampler, logq=False)
+    torch.manual_seed(5)
+    neg = torch.multinomial(sampler, 16, replacement=True)
+    hits = neg[None, :] == labels[:, None]  # accidental hits are masked, as with the correction
+    logits = torch.cat([(h * items[labels]).sum(-1)[:, None], (h @ items[neg].T).masked_fill(hits, -1e9)], dim=1)
+    torch.testing.assert_close(raw, F.cross_entropy(logits, torch.zeros(4, dtype=torch.long)))
+    torch.manual_seed(5)
+    assert not torch.isclose(softmax_loss(h, labels, items, 16, sampler), raw)  # the corrected loss differs
+    # the gradient pushes the most drawn item down harder without the correction
+    grads = []
+    for logq in (True, False):
+        e = items.clone().requires_grad_()
+        torch.manual_seed(5)
+        softmax_loss(h, labels, e, 16, sampler, logq=logq).backward()
+        assert e.grad is not None
+        grads.append(float((e.grad[8] * h.mean(0)).sum()))
+    assert grads[1] > grads[0]
+
+
+def test_train_dss_cli_takes_the_scoring_options_and_the_checkpoint_keeps_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train_cli.main(["dss", "--data", "synthetic", "--target-domain", "music", "--epochs", "1", "--dim", "16",
+                           "--intents", "2", "--cosine", "0.2", "--no-logq", "--aggregate", "item", "--mask-absent",
+                           "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    model, _ = checkpoint.load(Path(report["checkpoint"]))
+    assert isinstance(model, DSS) and model.cfg.cosine == pytest.approx(0.2)
+    assert model.cfg.aggregate == "item" and model.cfg.mask_absent
+    torch.testing.assert_close(model.item_vectors()[1:].norm(dim=-1), torch.full((model.cfg.n_items,), 5.0))
+
+
+def test_mask_absent_scores_items_by_the_present_intents_alone() -> None:
+    model = _model(mask_absent=True, lam=0.3)
+    seq = torch.as_tensor(encode_batch([[3, 7, 1, 9, 4], [2], [], list(range(1, 16))], 12))
+    with torch.no_grad():
+        phi, pi = model.last_intents(seq)  # raw intents, as the seq2seq loss reads them
+        served = model(seq)
+        items = model.item_vectors()
+        present = (pi > 0.3) | (pi == pi.max(dim=1, keepdim=True).values)
+        assert (~present).any() and present.sum(dim=1).min() >= 1  # the case this test is about occurs
+        for b in range(seq.shape[0]):
+            keep = phi[b][present[b]]
+            torch.testing.assert_close(served[b][present[b]], keep)  # present intents unchanged
+            strongest = phi[b, pi[b].argmax()]
+            for k in torch.nonzero(~present[b]).flatten().tolist():
+                torch.testing.assert_close(served[b, k], strongest)  # an absent one repeats the strongest
+            best = (keep @ items[1:].T).amax(dim=0)
+            torch.testing.assert_close(model.score(seq[b : b + 1])[0, 1:], best, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(_model(lam=0.3)(seq), served)  # without the mask every intent scores
+
+
+def test_aggregate_item_makes_each_intent_a_centroid_of_its_items_embeddings() -> None:
+    model = _model(aggregate="item", intents=1)  # one intent: the p_t(i)-weighted mean of the history's embeddings
+    seq = torch.as_tensor(encode_batch([[3, 7, 1, 9, 4]], 12))
+    with torch.no_grad():
+        served = model(seq)[0, 0]
+        e = model.item_emb.weight[torch.tensor([3, 7, 1, 9, 4])]
+        # a LayerNorm of a convex combination of e: the pre-norm vector lies in their span
+        centred = served - model.intent.ln.bias
+        coef = torch.linalg.lstsq(torch.cat([e, torch.ones(1, 16)]).T, centred / model.intent.ln.weight).solution
+        assert torch.dist(torch.cat([e, torch.ones(1, 16)]).T @ coef, centred / model.intent.ln.weight) < 1e-3
+        assert not torch.allclose(_model(intents=1)(seq), model(seq))  # the states' aggregate differs
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        _model(aggregate="mean")
+
+
+def test_head3_lists_the_best_by_max_over_present_intents_first_then_takes_turns() -> None:
+    from service.adapters.faiss_index import HEAD3
+    from training.models.dss import HEAD, intent_lists
+
+    assert HEAD == HEAD3 == 3  # the training rule and the service's draw agree on the head
+    torch.manual_seed(2)
+    per_intent, pi = torch.randn(6, 4, 40), torch.softmax(torch.randn(6, 4) * 2, dim=1)
+    head = intent_lists(per_intent, pi, "head3", 0.1, 10)
+    rr = intent_lists(per_intent, pi, "round-robin", 0.1, 10)
+    ok = (pi > 0.1) | (pi == pi.max(dim=1, keepdim=True).values)
+    best = per_intent.masked_fill(~ok[..., None], -torch.inf).amax(dim=1)  # (6, 40)
+    torch.testing.assert_close(head[:, :3], best.topk(3, dim=1).indices)
+    for m in range(6):
+        assert len(set(head[m].tolist())) == 10
+        # the rest: the present intents take turns, strongest first, each its best item not yet listed
+        turns = [int(k) for k in torch.argsort(pi[m], descending=True) if ok[m, k]]
+        taken = head[m, :3].tolist()
+        for slot in range(3, 10):
+            k = turns[(slot - 3) % len(turns)]
+            mine = next(int(i) for i in torch.argsort(per_intent[m, k], descending=True) if int(i) not in taken)
+            assert int(head[m, slot]) == mine, (m, slot)
+            taken.append(mine)
+    assert not torch.equal(head, rr)  # the head changes some lists

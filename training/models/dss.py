@@ -32,6 +32,20 @@ Choices where the paper is silent (all documented here, the alternatives are fla
   halves exceeds ``lam``; rows below it are still negatives of the others. No extra disentanglement loss.
 - seq2item: a sampled softmax with logQ correction (as SASRec's) on the max (or weighted) intent score, at
   every real position of the row; the total loss is item_loss + ``seq2seq_weight`` * seq2seq_loss.
+- item scores (``DSSConfig.cosine``): the dot product by default; with ``cosine`` = T > 0, the cosine of the
+  (unit) intent and item vectors divided by T, and the seq2seq logits then scale by 1/T too. Under the max over
+  intents, a dot product favours items with large norms (the popular ones score high against every intent);
+  the cosine ranks by direction alone. The sampled softmax's logQ correction can be dropped as well
+  (``DSSArgs.logq``): negatives drawn by popularity then push popular items down. bench.quality measures both
+  (rows ``dss-cos``, ``dss-nologq``).
+- what an intent aggregates (``DSSConfig.aggregate``): the encoder states z_i by default, as the paper; the item
+  embeddings e_i ("item": each intent a weighted centroid of its items, the encoder only weighing them) or both.
+  Measured on Office (5 epochs, cosine scores): a user's intents aggregated from states have mean pairwise cosine
+  0.89 (their top-10 lists share 4.7 items), from item embeddings 0.61.
+- absent intents (``DSSConfig.mask_absent``): with a sharp assignment most users have one intent near pi = 1 and
+  the others near 0; the LayerNorm of a near-zero aggregate is then its bias, one vector shared by every user
+  (cosine 0.96 to it, measured), which under the max score puts the same items in everyone's list. With
+  ``mask_absent`` an intent below ``lam`` scores nothing of its own.
 - a fully padded row: the newest column may always weigh itself (as the attention masks do), so the output
   is finite (LayerNorm of a finite vector).
 
@@ -65,8 +79,10 @@ from training.models.serving import Serving
 
 SCORES = ("max", "weighted")
 ASSIGNS = ("item", "state", "text")
+AGGREGATES = ("state", "item", "both")
 # how the top of the list is drawn from the K intents at inference (``intent_lists``); training is unchanged
-MERGES = ("max", "weighted", "quota", "round-robin")
+MERGES = ("max", "weighted", "quota", "round-robin", "head3")
+HEAD = 3  # ``head3``: the slots drawn by the best score over the present intents before the intents take turns
 MERGE_DEPTH = 20  # the merged list's length; ranks beyond it follow the max score (``merged_scores``)
 
 
@@ -90,6 +106,20 @@ class DSSConfig:
     # on validation after training (bench.quality ``run_dss``), recorded by the export as the manifest's
     # ``intent_score``. Checkpoints from before it load with "max".
     intent_score: str = "max"
+    # 0: an item scores the dot product of its embedding with an intent vector; > 0: their cosine divided by this
+    # temperature (intents and items unit-normalized: an item's norm can no longer carry its popularity, and every
+    # intent ranks by direction alone). ``item_vectors`` and ``forward`` then return the normalized (and scaled)
+    # vectors, so the export and the service need nothing else.
+    cosine: float = 0.0
+    # True: an intent not confidently present (``confident``: pi_k <= lam and not the strongest) scores no item of
+    # its own: in every item score (training, evaluation, the serving graph) its vector is the strongest intent's.
+    # False (checkpoints from before it): all K intents score, also those with almost no mass.
+    mask_absent: bool = False
+    # what an intent aggregates (``DSS.values``): the encoder "state"s z_i (the paper's), the "item" embeddings e_i
+    # (each intent a weighted centroid of its items: the encoder then only weighs them), or "both" (z_i + the
+    # encoder's input sqrt(D) e_i). Contextual states are alike along a history (mean within-user cosine 0.53 on
+    # Office against 0.13 for the item embeddings), so intents aggregated from them come out alike too.
+    aggregate: str = "state"
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -100,6 +130,10 @@ class DSSConfig:
             raise ValueError(f"assign must be one of {ASSIGNS}, got {self.assign!r}")
         if self.intents < 1:
             raise ValueError(f"intents must be >= 1, got {self.intents}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if self.cosine < 0:
+            raise ValueError(f"cosine must be >= 0 (0: dot-product scores), got {self.cosine}")
 
 
 class IntentLayer(nn.Module):
@@ -121,8 +155,11 @@ class IntentLayer(nn.Module):
         """route (B, T, D): the vectors assigned to intents (z or e) -> p(k|i) (B, T, K)."""
         return torch.softmax(F.normalize(route, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau, dim=-1)
 
-    def forward(self, z: torch.Tensor, pad: torch.Tensor, assign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z: states (B, T, D); pad (B, T); assign (B, T, K): p(k|i) (``assignment``, or the text table's rows)."""
+    def forward(
+        self, z: torch.Tensor, pad: torch.Tensor, assign: torch.Tensor, values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z: states (B, T, D); pad (B, T); assign (B, T, K): p(k|i) (``assignment``, or the text table's rows);
+        ``values`` (B, T, D): what the intents aggregate (default z, ``DSSConfig.aggregate``)."""
         T = z.shape[1]
         ar = torch.arange(T, device=z.device)
         dist = ar[:, None] - ar[None, :]  # (T, T): query t minus key i
@@ -132,10 +169,12 @@ class IntentLayer(nn.Module):
         allowed = allowed | (dist == 0)[None]  # a query always weighs itself: finite on all padding
         weight = torch.softmax(logits.masked_fill(~allowed, -1e9), dim=-1)  # (B, T, T): p_t(i)
         mass = weight[..., None] * assign[:, None]  # (B, T, T, K): p_t(i) p(k|i)
-        phi = self.ln(torch.einsum("btik,bid->btkd", mass, z))  # (B, T, K, D)
+        phi = self.ln(torch.einsum("btik,bid->btkd", mass, z if values is None else values))  # (B, T, K, D)
         return phi, mass.sum(dim=2)  # presence pi (B, T, K), sums to 1 over k
 
-    def last(self, z: torch.Tensor, pad: torch.Tensor, assign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def last(
+        self, z: torch.Tensor, pad: torch.Tensor, assign: torch.Tensor, values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` at the newest column only: the whole history's intents (B, K, D) and presence (B, K).
         Serving needs no other prefix, and this costs (B, T, K, D) instead of (B, T, T, K, D)."""
         T = z.shape[1]
@@ -146,7 +185,8 @@ class IntentLayer(nn.Module):
         allowed = ~pad | (dist == 0)[None]  # (B, T): real keys; the newest column always weighs itself
         weight = torch.softmax(logits.masked_fill(~allowed, -1e9), dim=-1)  # (B, T): p_T(i)
         mass = weight[..., None] * assign  # (B, T, K)
-        return self.ln(torch.einsum("bik,bid->bkd", mass, z)), mass.sum(dim=1)  # (B, K, D), (B, K)
+        agg = torch.einsum("bik,bid->bkd", mass, z if values is None else values)
+        return self.ln(agg), mass.sum(dim=1)  # (B, K, D), (B, K)
 
 
 class DSS(nn.Module):
@@ -184,7 +224,8 @@ class DSS(nn.Module):
         pad = seq == 0
         e = self.item_emb(seq)  # (B, T, D)
         z = self.encoder(e * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
-        return self.intent(z, pad, self._assign(seq, e, z))
+        phi, pi = self.intent(z, pad, self._assign(seq, e, z), self.values(e, z))
+        return self._unit(phi), pi
 
     def intents(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) -> the whole history's intents (B, K, D) and presence (B, K)."""
@@ -196,25 +237,56 @@ class DSS(nn.Module):
         pad = seq == 0
         e = self.item_emb(seq)  # (B, T, D)
         z = self.encoder(e * math.sqrt(self.cfg.dim), pad)  # (B, T, D)
-        return self.intent.last(z, pad, self._assign(seq, e, z))
+        phi, pi = self.intent.last(z, pad, self._assign(seq, e, z), self.values(e, z))
+        return self._unit(phi), pi
+
+    def values(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """What the intents aggregate (``DSSConfig.aggregate``) from item embeddings e and states z (B, T, D)."""
+        if self.cfg.aggregate == "item":
+            return e
+        if self.cfg.aggregate == "both":
+            return z + e * math.sqrt(self.cfg.dim)
+        return z
+
+    def _unit(self, phi: torch.Tensor) -> torch.Tensor:
+        """Intent vectors as scored: unit length under cosine scoring (``DSSConfig.cosine``), else as they are."""
+        return F.normalize(phi, dim=-1) if self.cfg.cosine > 0 else phi
+
+    def seq2seq_scale(self) -> float:
+        """The seq2seq logits' scale: 1/sqrt(D) on the LayerNorm's vectors (norm ~sqrt(D)), the item scores'
+        1/temperature on unit ones (cosine scoring)."""
+        return 1.0 / self.cfg.cosine if self.cfg.cosine > 0 else 1.0 / math.sqrt(self.cfg.dim)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """Serving tower: (B, T) item ids -> (B, K, D) intent vectors (``intents``' first output, computed at the
-        newest column alone: ``IntentLayer.last``)."""
-        return self.last_intents(seq)[0]
+        newest column alone: ``IntentLayer.last``, as scored: ``scored``)."""
+        return self.scored(*self.last_intents(seq))
+
+    def scored(self, phi: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        """Intents (..., K, D) and presence (..., K) -> the intents an item score reads: with ``mask_absent``, an
+        intent not confidently present (``confident``) takes the strongest intent's vector, so the max over
+        intents is the max over the present ones (and the service's merge de-duplicates the repeated list).
+        The seq2seq loss reads the raw intents (a copy of the strongest would be a false negative there)."""
+        if not self.cfg.mask_absent:
+            return phi
+        strongest = pi.argmax(dim=-1)[..., None, None].expand(*phi.shape[:-2], 1, phi.shape[-1])
+        return torch.where(confident(pi, self.cfg.lam)[..., None], phi, phi.gather(-2, strongest))
 
     def item_vectors(self) -> torch.Tensor:
-        """(n_items + 1, D) item vectors; row 0 is padding."""
+        """(n_items + 1, D) item vectors; row 0 is padding. Cosine scoring: unit rows divided by the temperature."""
+        if self.cfg.cosine > 0:
+            return F.normalize(self.item_emb.weight, dim=-1) / self.cfg.cosine
         return self.item_emb.weight
 
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, N+1) full-ranking scores under the model's inference merge ``cfg.intent_score`` (an
         intent-aware one lists no item of ``seq``: the seen filter, as far as the sequence reaches)."""
         phi, pi = self.intents(seq)
+        phi = self.scored(phi, pi)
         rule = self.cfg.intent_score
         if rule in ("max", "weighted"):
             return intent_scores(phi, pi, self.item_vectors(), "weighted" if rule == "weighted" else self.cfg.score)
-        per_intent = torch.einsum("bkd,nd->bkn", phi, self.item_vectors())  # (B, K, N+1)
+        per_intent = torch.einsum("bkd,nd->bkn", head_basis(phi, rule), self.item_vectors())  # (B, K, N+1)
         excluded = torch.zeros(seq.shape[0], per_intent.shape[2], dtype=torch.bool).scatter(1, seq, True)
         excluded[:, 0] = True  # padding
         return merged_scores(per_intent, pi, rule, self.cfg.lam, excluded)
@@ -281,24 +353,28 @@ def item_loss(
     score: str,
     negatives: int = 0,
     sampler: torch.Tensor | None = None,
+    logq: bool = True,
 ) -> torch.Tensor:
     """seq2item: cross-entropy of ``labels`` (M,) from intents (M, K, D) over item vectors (N+1, D): SASRec's
     (sampled) softmax with the intent score in place of one vector's dot product (``softmax_loss``)."""
     h = (pi[..., None] * phi).sum(dim=1) if score == "weighted" else phi  # (M, D) | (M, K, D)
-    return softmax_loss(h, labels, items, negatives, sampler)
+    return softmax_loss(h, labels, items, negatives, sampler, logq)
 
 
 def seq2seq_loss(
-    prefix: torch.Tensor, prefix_pi: torch.Tensor, future: torch.Tensor, future_pi: torch.Tensor, lam: float
+    prefix: torch.Tensor, prefix_pi: torch.Tensor, future: torch.Tensor, future_pi: torch.Tensor, lam: float,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Contrastive loss of prefix intents (B, K, D) against reversed-future intents (B, K, D).
 
-    Row (u, k) is scored against every future vector of the batch (B * K), scaled by 1/sqrt(D); its positive is
+    Row (u, k) is scored against every future vector of the batch (B * K), scaled by ``scale`` (default 1/sqrt(D),
+    ``DSS.seq2seq_scale``); its positive is
     (u, k). Only rows whose intent is present above ``lam`` in both halves count; with none, a zero that
     keeps the graph (so a batch without a confident intent trains the other loss alone).
     """
     B, K, D = prefix.shape
-    logits = prefix.reshape(B * K, D) @ future.reshape(B * K, D).T / math.sqrt(D)  # (B*K, B*K)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    logits = prefix.reshape(B * K, D) @ future.reshape(B * K, D).T * scale  # (B*K, B*K)
     keep = ((prefix_pi > lam) & (future_pi > lam)).reshape(B * K)
     target = torch.arange(B * K, device=prefix.device)
     losses = F.cross_entropy(logits, target, reduction="none")  # (B*K,)
@@ -324,6 +400,13 @@ def confident(pi: torch.Tensor, lam: float) -> torch.Tensor:
     return (pi > lam) | (pi == pi.max(dim=1, keepdim=True).values)
 
 
+def head_basis(phi: torch.Tensor, rule: str) -> torch.Tensor:
+    """The intents an intent-aware list ranks with: unit vectors for ``head3`` (its head compares scores ACROSS
+    intents, and the served graph carries unit intents scaled by presence, export/dss.py), else as they are (the
+    other rules compare scores within one intent only, where a positive scale changes nothing)."""
+    return F.normalize(phi, dim=-1) if rule == "head3" else phi
+
+
 def intent_lists(per_intent: torch.Tensor, pi: torch.Tensor, rule: str, lam: float, length: int) -> torch.Tensor:
     """Intent-aware top of the list: per-intent scores (M, K, S) (excluded candidates at -inf), presence (M, K)
     -> (M, length) candidate columns, best first, no repeats. ``rule``:
@@ -333,6 +416,9 @@ def intent_lists(per_intent: torch.Tensor, pi: torch.Tensor, rule: str, lam: flo
       slot goes to the intent with the highest pi_k / (2 taken_k + 1), and is filled with that intent's best
       candidate not yet in the list. The strongest intent opens the list.
     - ``round-robin``: the confident intents take turns, strongest first, one slot each.
+    - ``head3``: the first ``HEAD`` slots are the best candidates by max over the confident intents (the top of
+      the list, where NDCG@10 puts most of its weight, stays the max-score order), then ``round-robin``. The
+      scores should come from unit intents (``head_basis``), as the service's do.
     - ``max`` / ``weighted``: the ``length`` best by max over intents / by sum_k pi_k score_k (for the
       comparison; equal to ``intent_scores``' order).
 
@@ -343,21 +429,26 @@ def intent_lists(per_intent: torch.Tensor, pi: torch.Tensor, rule: str, lam: flo
     if rule in ("max", "weighted"):
         merged = per_intent.max(dim=1).values if rule == "max" else (pi[..., None] * per_intent).sum(dim=1)
         return merged.topk(length, dim=1).indices
-    if rule not in ("quota", "round-robin"):
+    if rule not in ("quota", "round-robin", "head3"):
         raise ValueError(f"rule must be one of {MERGES}, got {rule!r}")
     per_intent, pi = per_intent.detach(), pi.detach()  # a list is an index choice: no gradient flows through it
     tops = per_intent.topk(length, dim=2).indices.numpy()  # (M, K, length): each intent's best, best first
-    ok = confident(pi, lam).numpy()
+    ok_t = confident(pi, lam)
+    ok = ok_t.numpy()
+    head = min(HEAD, length) if rule == "head3" else 0
+    # head3: the first slots by the best score over the confident intents (-inf elsewhere)
+    heads = per_intent.masked_fill(~ok_t[..., None], -torch.inf).amax(dim=1).topk(head, dim=1).indices.numpy()
     weight = pi.numpy().astype(np.float64) if rule == "quota" else ok.astype(np.float64)
     out = np.zeros((M, length), dtype=np.int64)
     for m in range(M):
-        taken: set[int] = set()
+        out[m, :head] = heads[m]
+        taken: set[int] = set(heads[m].tolist())
         count = np.zeros(K)
         ptr = np.zeros(K, dtype=np.int64)
-        # round-robin: equal weights, ties broken by presence (the strongest intent first in every round)
+        # round-robin (and head3's rest): equal weights, ties broken by presence (the strongest first every round)
         prio = np.where(ok[m], weight[m], -np.inf)
-        tiebreak = pi[m].numpy() * 1e-6 if rule == "round-robin" else 0.0
-        for slot in range(length):
+        tiebreak = pi[m].numpy() * 1e-6 if rule != "quota" else 0.0
+        for slot in range(head, length):
             k = int(np.argmax(prio / (2 * count + 1) + tiebreak))
             while int(tops[m, k, ptr[k]]) in taken:
                 ptr[k] += 1

@@ -31,7 +31,7 @@ from torch import nn
 Role = Literal["user_tower", "intents", "bridge"]
 Reads = Literal["target", "source"]
 # how a K-vector user's lists merge (training/models/dss.py ``MERGES``): "weighted" exports one vector
-INTENT_SCORES = ("max", "weighted", "quota", "round-robin")
+INTENT_SCORES = ("max", "weighted", "quota", "round-robin", "head3")
 
 
 class NotServable(Exception):
@@ -59,7 +59,7 @@ class Serving:
     source_max_len: int | None = None  # longest source sequence of a user tower (None: max_len)
     text: TextItems | None = None  # a text-item model's text tower (role user_tower)
     intents: int | None = None  # K, role intents
-    intent_score: str | None = None  # "max" | "weighted" | "quota" | "round-robin", role intents
+    intent_score: str | None = None  # "max" | "weighted" | "quota" | "round-robin" | "head3", role intents
 
     def __post_init__(self) -> None:
         if self.role == "intents" and (self.intents is None or self.intent_score not in INTENT_SCORES):
