@@ -36,6 +36,7 @@ from service.refresh import RefreshJob, RefreshStats
 
 MAX_RESTARTS = 3
 PARTITION_TIMEOUT_S = 600.0  # one partition (~batch_size users) takes well under a second; this bounds a stuck actor
+START_TIMEOUT_S = 300.0  # every actor constructed (bundle loaded) before the first partition, at most this
 
 
 class PartitionTimeout(RuntimeError):
@@ -115,6 +116,7 @@ def run_on_ray(
     progress: bool = True,
     on_submit: Callable[[list[Any], int], None] | None = None,
     partition_timeout_s: float = PARTITION_TIMEOUT_S,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> RefreshStats:
     """One pass (or the rest of one) of ``job``'s domain on ``actors`` Ray actors; ``ray.init`` first if needed
     (it joins the cluster named by ``RAY_ADDRESS``, else starts a local one).
@@ -136,6 +138,7 @@ def run_on_ray(
         for _ in range(actors)
     ]
     started = time.perf_counter()
+    _await_ready(ray, pool, start_timeout_s)
     if isinstance(job, ClusterRefreshJob):
         stats = RefreshStats(resumed_from=0 if restart else job.stored_cursor())
         parts = _slot_partitions(job, job.open_pass(restart))
@@ -166,6 +169,22 @@ def run_on_ray(
             ray.kill(actor)
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _await_ready(ray: Any, pool: list[Any], timeout_s: float) -> None:
+    """Every actor constructed (its bundle loaded) before the first partition is submitted, at most ``timeout_s``:
+    an actor that cannot be placed fails here with a clear error, not as a partition timeout later. It also
+    keeps a crash from meeting an actor still being created (Ray then kept the first creation's CPU held,
+    leaving the next actor unschedulable: measured in a full test run)."""
+    try:
+        ray.get([actor.__ray_ready__.remote() for actor in pool], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        for actor in pool:
+            ray.kill(actor)
+        raise PartitionTimeout(
+            f"the {len(pool)} refresh actors were not all started within {timeout_s:g} s (not enough free CPUs in "
+            "the Ray cluster? see `ray status`); nothing was submitted"
+        ) from None
 
 
 def _result(ray: Any, ref: Any, timeout_s: float) -> dict[str, Any]:

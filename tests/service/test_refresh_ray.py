@@ -138,3 +138,23 @@ def test_a_partition_past_its_timeout_stops_the_job_with_a_clear_error_and_keeps
     assert ray.available_resources().get("CPU", 0) == 2, "the timed-out job left its actors holding CPUs"
     job.close()
     rdb.close()
+
+
+def test_actors_that_cannot_all_be_placed_fail_fast_with_a_clear_error_and_give_their_cpus_back(
+    local_ray: None, bundle: ServingBundle, single: RedisServer, service_artifacts: Path
+) -> None:
+    from service.refresh_ray import PartitionTimeout, run_on_ray
+
+    rdb = redis.Redis(port=single.port)
+    seed(rdb, bundle, n=20)
+    job = RefreshJob(rdb, bundle, "music", batch_size=16)
+    # 3 actors of 1 CPU each on a 2-CPU Ray: the third is never placed, so nothing may be submitted
+    with pytest.raises(PartitionTimeout, match=r"3 refresh actors were not all started within 5 s"):
+        run_on_ray(job, single.url, False, service_artifacts, actors=3, progress=False, start_timeout_s=5)
+    assert not list(rdb.scan_iter(match=EMB_MATCH))  # no partition ran
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2, "the failed start left its actors holding CPUs"
+    job.close()
+    rdb.close()

@@ -112,8 +112,14 @@ def test_a_replacement_worker_serves_the_siblings_bundle_when_current_is_bad_and
     root = Path(served.get("/v1/admin/status").json()["bundle_path"]).parent
     add_version(root, "broken", corrupt="bridge.book__music.onnx")
     point_current(root, "broken")
-    wait_for(lambda: served.get("/v1/admin/status").json()["reload_error"] is not None, "the watch did not look")
-    ready = served.get("/readyz").json()
+    seen: list[dict[str, object]] = []  # each worker watches on its own: keep the answer of one that has looked
+
+    def looked() -> bool:
+        seen.append(served.get("/readyz").json())
+        return seen[-1]["reload_error"] is not None
+
+    wait_for(looked, "the watch did not look")
+    ready = seen[-1]
     assert ready["reload_error"] == "bundle_refused"  # a code: no path, no library text
     assert str(root) not in json.dumps(ready) and "sha256" not in json.dumps(ready)
 
