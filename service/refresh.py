@@ -288,6 +288,10 @@ def _parser(s: Settings) -> argparse.ArgumentParser:
         "--partition-timeout", type=float, default=600.0,
         help="--engine ray: seconds to wait for one partition's result before giving up (a rerun resumes)",
     )  # fmt: skip
+    p.add_argument(
+        "--start-timeout", type=float, default=300.0,
+        help="--engine ray: seconds to wait for every actor to start (load the bundle) before any partition",
+    )  # fmt: skip
     return p
 
 
@@ -311,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     if ns.actors < 1:
         print("cdrec refresh: --actors must be at least 1", file=sys.stderr)
         return 2
-    if ns.partition_timeout <= 0:
-        print("cdrec refresh: --partition-timeout must be positive", file=sys.stderr)
-        return 2
+    for flag, value in (("--partition-timeout", ns.partition_timeout), ("--start-timeout", ns.start_timeout)):
+        if value <= 0:
+            print(f"cdrec refresh: {flag} must be positive", file=sys.stderr)
+            return 2
     domains = ns.domain or sorted(bundle.encoders)
     client = sync_client(ns.redis_url, ns.cluster, decode_responses=False)
     try:
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                         stats = run_on_ray(
                             job, ns.redis_url, ns.cluster, ns.artifacts, ns.actors, ns.ort_threads,
                             only_stale=ns.only_stale, restart=ns.restart, progress=not ns.no_progress,
-                            partition_timeout_s=ns.partition_timeout,
+                            partition_timeout_s=ns.partition_timeout, start_timeout_s=ns.start_timeout,
                         )  # fmt: skip
                     except PartitionTimeout as exc:
                         print(f"cdrec refresh: {exc}", file=sys.stderr)

@@ -114,9 +114,14 @@ def test_the_cli_runs_the_ray_engine(
     rdb = redis.Redis(port=single.port)
     seed(rdb, bundle, n=50)
     args = ["--redis-url", single.url, "--artifacts", str(service_artifacts), "--no-progress", "--engine", "ray",
-            "--actors", "1", "--partition-timeout", str(WAIT_S)]  # fmt: skip
+            "--actors", "1", "--partition-timeout", str(WAIT_S), "--start-timeout", str(WAIT_S)]  # fmt: skip
     assert main(args) == 0
     assert "refresh music: 50 users scanned, 50 encoded" in capsys.readouterr().out
+    too_many = [*args[:-5], "3", "--start-timeout", "3"]  # 3 actors of 1 CPU on a 2-CPU Ray: never all placed
+    assert main(too_many) == 1
+    assert "the 3 refresh actors were not all started within 3 s" in capsys.readouterr().err
+    assert main([*args[:-1], "0"]) == 2
+    assert "--start-timeout must be positive" in capsys.readouterr().err
     rdb.close()
 
 
