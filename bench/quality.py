@@ -255,11 +255,7 @@ def order_like(records: list[dict[str, Any]], models: list[str]) -> list[dict[st
 
 
 COMPARED = (("cdsrec", "sasrec"), ("cdsrec", "sasrec-merged"), ("cdsrec", "cdsrec-noadv"), ("cdsrec", "gur"),
-            ("dss", "sasrec"), ("dss-xd", "sasrec"), ("dss-xd", "dss"), ("dss-text", "sasrec"), ("dss-text", "dss"),
-            ("dss-cos", "sasrec"), ("dss-cos", "dss"), ("dss-nologq", "sasrec"), ("dss-nologq", "dss"),
-            ("dss-present", "sasrec"), ("dss-present", "dss"), ("dss-cos-item", "sasrec"), ("dss-cos-item", "dss"),
-            ("dss-cos-both", "sasrec"), ("dss-cos-both", "dss"), ("dss-cos-item-k8", "sasrec"),
-            ("dss-cos-item-k8", "dss-cos-item"))
+            *((d, "sasrec") for d in DSS_ROWS), *((d, "dss") for d in DSS_ROWS if d != "dss"))
 
 
 def comparisons(records: list[dict[str, Any]], metric: str = "NDCG@10") -> list[str]:

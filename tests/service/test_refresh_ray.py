@@ -47,6 +47,14 @@ def single() -> Iterator[RedisServer]:
     server.kill()
 
 
+def cpus_back(timeout_s: float = 60) -> bool:
+    """Whether both CPUs of the local Ray are free within ``timeout_s`` (killed actors free theirs asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return bool(ray.available_resources().get("CPU", 0) == 2)
+
+
 def embs(client: Any, **scan: Any) -> dict[bytes, bytes]:
     return {k: client.get(k) for k in client.scan_iter(match=EMB_MATCH, count=1000, **scan)}
 
@@ -137,10 +145,7 @@ def test_a_partition_past_its_timeout_stops_the_job_with_a_clear_error_and_keeps
     with pytest.raises(PartitionTimeout, match=r"did not finish within 0\.001 s"):
         run_on_ray(job, single.url, False, service_artifacts, actors=1, progress=False, partition_timeout_s=0.001)
     assert rdb.get(refresh_cursor_key("music")) is None  # nothing was committed past what was finished
-    deadline = time.monotonic() + 60  # the job killed its actors: their CPUs come back (asynchronously)
-    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ray.available_resources().get("CPU", 0) == 2, "the timed-out job left its actors holding CPUs"
+    assert cpus_back(), "the timed-out job left its actors holding CPUs"
     job.close()
     rdb.close()
 
@@ -157,9 +162,6 @@ def test_actors_that_cannot_all_be_placed_fail_fast_with_a_clear_error_and_give_
     with pytest.raises(PartitionTimeout, match=r"3 refresh actors were not all started within 5 s"):
         run_on_ray(job, single.url, False, service_artifacts, actors=3, progress=False, start_timeout_s=5)
     assert not list(rdb.scan_iter(match=EMB_MATCH))  # no partition ran
-    deadline = time.monotonic() + 60
-    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ray.available_resources().get("CPU", 0) == 2, "the failed start left its actors holding CPUs"
+    assert cpus_back(), "the failed start left its actors holding CPUs"
     job.close()
     rdb.close()
