@@ -103,6 +103,11 @@ DSS_VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
     "dss-cos-item": (False, {"cosine": 0.1, "aggregate": "item"}),  # cosine; intents as item-embedding centroids
     "dss-cos-both": (False, {"cosine": 0.1, "aggregate": "both"}),  # cosine; intents aggregate states + items
     "dss-cos-item-k8": (False, {"cosine": 0.1, "aggregate": "item", "intents": 8}),  # dss-cos-item with K = 8
+    # dss-cos-item with half / none of the logQ correction: a popularity penalty traded for diversity
+    "dss-cos-item-logq05": (False, {"cosine": 0.1, "aggregate": "item", "logq": 0.5}),
+    "dss-cos-item-logq0": (False, {"cosine": 0.1, "aggregate": "item", "logq": 0.0}),
+    "dss-cos-item-k8-logq0": (False, {"cosine": 0.1, "aggregate": "item", "intents": 8, "logq": 0.0}),
+    "dss-cos-item-k8-logq05": (False, {"cosine": 0.1, "aggregate": "item", "intents": 8, "logq": 0.5}),
 }
 DSS_ROWS = tuple(DSS_VARIANTS)
 

@@ -52,8 +52,9 @@ class DSSArgs(NextItemArgs):
                                    "packaged all-MiniLM-L6-v2, training/data/text.py)")
     cosine: float = Field(0.0, ge=0, description="0: dot-product item scores; > 0: cosine of intent and item "
                           "vectors divided by this temperature (no popularity in the items' norms)")
-    logq: bool = Field(True, description="logQ-correct the popularity-sampled negatives (false: a popularity "
-                       "penalty learned into the scores)")
+    logq: float = Field(1.0, ge=0, le=1, description="weight of the logQ correction of the popularity-sampled "
+                        "negatives: 1 the full correction, 0 none (a popularity penalty learned into the scores), "
+                        "in between a part of that penalty")
     aggregate: str = Field("state", description="what an intent aggregates: encoder state (the paper's) | item "
                            "(embeddings: intents as item centroids) | both")
     mask_absent: bool = Field(False, description="an intent not present above lam scores no item of its own (its "

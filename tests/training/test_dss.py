@@ -270,22 +270,28 @@ def test_without_logq_the_sampled_loss_scores_raw_logits_and_penalises_frequent_
     torch.testing.assert_close(raw, F.cross_entropy(logits, torch.zeros(4, dtype=torch.long)))
     torch.manual_seed(5)
     assert not torch.isclose(softmax_loss(h, labels, items, 16, sampler), raw)  # the corrected loss differs
+    # a weight in between subtracts that share of log(q * S) from every logit
+    half = 0.5 * torch.log(sampler * 16 + 1e-12)
+    logits_half = torch.cat([logits[:, :1] - half[labels][:, None], logits[:, 1:] - half[neg][None, :]], dim=1)
+    torch.manual_seed(5)
+    torch.testing.assert_close(softmax_loss(h, labels, items, 16, sampler, logq=0.5),
+                               F.cross_entropy(logits_half, torch.zeros(4, dtype=torch.long)))
     # the gradient pushes the most drawn item down harder without the correction
     grads = []
-    for logq in (True, False):
+    for logq in (1.0, 0.5, 0.0):
         e = items.clone().requires_grad_()
         torch.manual_seed(5)
         softmax_loss(h, labels, e, 16, sampler, logq=logq).backward()
         assert e.grad is not None
         grads.append(float((e.grad[8] * h.mean(0)).sum()))
-    assert grads[1] > grads[0]
+    assert grads[2] > grads[1] > grads[0]
 
 
 def test_train_dss_cli_takes_the_scoring_options_and_the_checkpoint_keeps_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert train_cli.main(["dss", "--data", "synthetic", "--target-domain", "music", "--epochs", "1", "--dim", "16",
-                           "--intents", "2", "--cosine", "0.2", "--no-logq", "--aggregate", "item", "--mask-absent",
+                           "--intents", "2", "--cosine", "0.2", "--logq", "0.5", "--aggregate", "item", "--mask-absent",
                            "--out", str(tmp_path)]) == 0
     report = json.loads(capsys.readouterr().out)
     model, _ = checkpoint.load(Path(report["checkpoint"]))

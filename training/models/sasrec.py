@@ -67,7 +67,7 @@ def softmax_loss(
     items: torch.Tensor,
     negatives: int = 0,
     sampler: torch.Tensor | None = None,
-    logq: bool = True,
+    logq: float = 1.0,
 ) -> torch.Tensor:
     """Next-item cross-entropy of hidden states ``h`` (M, D) against ``labels`` (M,) over item vectors (N+1, D).
 
@@ -76,8 +76,9 @@ def softmax_loss(
     shared by the batch, drawn from ``sampler`` (N+1 probabilities; uniform when None) with the logQ
     correction, so the sampled loss is an unbiased stand-in for the full one; accidental hits are masked. On
     CPU the full softmax's exp over M x N logits dominates training, and this is ~N/negatives times cheaper.
-    ``logq=False`` drops the correction: items are then pushed down in proportion to how often they are drawn,
-    a popularity penalty learned into the scores (DSS's ``DSSArgs.logq``).
+    ``logq`` weighs the correction: 1 (True) the full one; 0 (False) drops it, and items are then pushed down in
+    proportion to how often they are drawn, a popularity penalty learned into the scores; in between, a part of
+    that penalty (DSS's ``DSSArgs.logq``).
     """
     if negatives <= 0 or negatives >= items.shape[0] - 1:
         logits = best_dot(h, items)  # (M, N+1)
@@ -89,7 +90,7 @@ def softmax_loss(
         sampler[0] = 0
         sampler = sampler / sampler.sum()
     neg = torch.multinomial(sampler, negatives, replacement=True)  # (S,)
-    log_q = torch.log(sampler * negatives + 1e-12) if logq else torch.zeros_like(sampler)
+    log_q = float(logq) * torch.log(sampler * negatives + 1e-12) if logq else torch.zeros_like(sampler)
     pos = (h * (items[labels] if h.dim() == 2 else items[labels][:, None])).sum(-1)  # (M,) or (M, K)
     pos_logit = (pos if h.dim() == 2 else pos.amax(dim=1)) - log_q[labels]  # (M,)
     neg_logit = best_dot(h, items[neg]) - log_q[neg][None, :]  # (M, S)
