@@ -28,6 +28,9 @@ MANIFEST = "manifest.json"
 CURRENT = "current"
 
 GraphKind = Literal["user_encoder", "bridge"]
+# intent_score "head3": the slots drawn by the best score over the present intents before the intents take
+# turns (training/models/dss.py ``intent_lists``, the service's FaissItemIndex draw)
+HEAD3: Final = 3
 IndexType = Literal["flat", "hnsw", "ivf"]
 
 

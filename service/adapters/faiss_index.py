@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from core.manifest import IndexSpec
+from core.manifest import HEAD3, IndexSpec
 from service.ports import FloatArray
 
 
@@ -63,7 +63,6 @@ Exclusion = Literal["selector", "deeper", "auto"]
 # ``auto``: the deepest post-filtered search of an IVF or flat index before the selector takes over (a deeper
 # heap costs per row; the selector's per-request set costs per exclusion: bench.faiss_exclude puts the crossing
 # between 200 and 1,000 exclusions)
-HEAD3 = 3  # merge "head3": the rows drawn by best score before the intents take turns (dss.py HEAD)
 DEEPER_MAX = 256
 
 

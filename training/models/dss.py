@@ -79,6 +79,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.manifest import HEAD3
 from training.models.guru import CausalEncoder
 from training.models.layers import EncoderConfig, item_embedding
 from training.models.sasrec import best_dot, softmax_loss
@@ -89,7 +90,7 @@ ASSIGNS = ("item", "state", "text")
 AGGREGATES = ("state", "item", "both")
 # how the top of the list is drawn from the K intents at inference (``intent_lists``); training is unchanged
 MERGES = ("max", "weighted", "quota", "round-robin", "head3")
-HEAD = 3  # ``head3``: the slots drawn by the best score over the present intents before the intents take turns
+HEAD = HEAD3  # ``head3``: the slots drawn by the best score over the present intents (core/manifest.py)
 MERGE_DEPTH = 20  # the merged list's length; ranks beyond it follow the max score (``merged_scores``)
 
 
