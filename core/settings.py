@@ -139,6 +139,13 @@ class ServiceSettings(BaseModel):
         description="let FAISS searches check for Ctrl-C (its Python callback takes the GIL mid-search, a second GIL "
         "hand-off per search under load); false = no check, a search takes the GIL once, when it returns",
     )
+    inline_max_active: int = Field(
+        8,
+        ge=0,
+        description="run a request's encoder call and search on the event loop itself when the worker has at most "
+        "this many recommend requests in progress (this one included) and the executor is idle: no thread hand-off "
+        "at light load; busier, requests batch in the executor as before (0 = always the executor)",
+    )
     switch_interval_s: float | None = Field(
         None,
         gt=0,

@@ -153,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
         recommender = Recommender(
             bundle, store, executor, limits, rs.retry_after_s, cfg.executor_threads, CircuitBreaker(policy),
             encode_on_write=cfg.encode_on_write, write_wait_s=cfg.encode_on_write_wait_s,
+            inline_max_active=cfg.inline_max_active,
         )
         # adds run in a thread of their own: encoding a batch of texts must not hold up the recommendations
         items_pool = ThreadPoolExecutor(1, "cdrec-items", set_threads, (cfg.faiss_threads,))

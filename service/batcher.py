@@ -88,6 +88,11 @@ class Batcher:
         self.batches = 0  # counters for tests and the bench
         self.jobs = 0
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch running."""
+        return self._inflight == 0 and not self._queue
+
     async def run(
         self, graph: Graph, index: ItemIndex, feeds: Mapping[str, IntArray], k: int, exclude: set[int]
     ) -> Ranked:

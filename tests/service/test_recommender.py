@@ -293,3 +293,66 @@ def test_a_failing_encoder_in_a_batch_answers_popularity_for_its_requests_only()
     gur, bridge = run(go())
     assert (gur.strategy, gur.degraded) == ("popular", True)
     assert (bridge.strategy, bridge.degraded) == ("bridge", False)
+
+
+class YieldingStore(FakeStore):
+    """Suspends once per read, as a real round trip does: gathered requests are all in progress together."""
+
+    async def read(self, user_id: str, domains: Any) -> dict[str, list[str]]:
+        await asyncio.sleep(0)
+        return await super().read(user_id, domains)
+
+
+def test_a_lone_request_runs_on_the_loop_and_a_crowd_goes_through_the_batcher() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle, store = fake_bundle(), YieldingStore()
+    for u in range(24):
+        store.lists[(f"u{u}", "music")] = MUSIC[u : u + 3]
+        store.lists[(f"u{u}", "book")] = BOOK[u % 20 : u % 20 + 2]
+    users = [f"u{u}" for u in range(24)]
+    graph = bundle.encoders["music"]
+    threads: list[int] = []
+    real = graph.encoder
+
+    def recording(feeds: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real(feeds)
+
+    object.__setattr__(graph, "encoder", recording)
+    reference = Recommender(bundle, store, None, Limits(), 60.0)
+
+    async def go() -> tuple[Recommender, list[Any], list[Any]]:
+        with ThreadPoolExecutor(1) as pool:
+            rec = Recommender(bundle, store, pool, Limits(), 60.0, inline_max_active=2)
+            lone = [await rec.recommend(u, "music", 7) for u in users[:3]]  # one at a time: light load
+            loop_thread = threading.get_ident()
+            assert threads[-3:] == [loop_thread] * 3, "a lone request must not hop to the executor"
+            crowd = list(await asyncio.gather(*(rec.recommend(u, "music", 7) for u in users)))
+        return rec, lone, crowd
+
+    rec, lone, crowd = run(go())
+    want = [run(reference.recommend(u, "music", 7)) for u in users]
+    assert [[i for i, _ in r.items] for r in lone] == [[i for i, _ in r.items] for r in want[:3]]
+    assert [[i for i, _ in r.items] for r in crowd] == [[i for i, _ in r.items] for r in want]
+    assert rec.batcher is not None
+    assert rec.inlined == 3  # the 24 gathered were all in progress at once: none ran on the loop
+    assert rec.batcher.jobs == len(users) and rec.batcher.batches < len(users)
+    assert rec.active == 0  # every request counted itself out, answered or not
+
+
+def test_inline_at_light_load_is_off_at_zero() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle, store = fake_bundle(), FakeStore()
+    store.lists[("u", "music")] = ["m1", "m2"]
+
+    async def go() -> Recommender:
+        with ThreadPoolExecutor(1) as pool:
+            rec = Recommender(bundle, store, pool, Limits(), 60.0, inline_max_active=0)
+            await rec.recommend("u", "music", 5)
+            return rec
+
+    rec = run(go())
+    assert rec.inlined == 0 and rec.batcher is not None and rec.batcher.jobs == 1
