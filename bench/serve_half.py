@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--closed", default="", help="also each variant's unpaced req/s at these concurrencies (comma "
                    "separated, e.g. 1,8,64), every round, variants in alternating order; with the ratio to the first")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--section", help="record under bench serve-half-SECTION (its own docs section): the others stay")
     ns = p.parse_args(argv)
     closed = [int(c) for c in ns.closed.split(",") if c.strip()]
     argv_shown = list(sys.argv[1:] if argv is None else argv)
@@ -194,17 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     text = report(ns, argv_shown, rows, peak, load_before)
     print(text)
     if not ns.no_write:
+        bench = f"{BENCH}-{ns.section}" if ns.section else BENCH
         dataset = f"synthetic({ns.items} items, {ns.users} users)"
-        recs = [record(BENCH, dataset, f"target=music@half-peak@c={ns.concurrency}", f"{r['variant']}:{ns.index}",
+        recs = [record(bench, dataset, f"target=music@half-peak@c={ns.concurrency}", f"{r['variant']}:{ns.index}",
                        metric, [r[key]], split="loopback")
                 for r in rows for metric, key in (("req/s", "req/s"), ("p50_ms", "p50_ms"), ("p99_ms", "p99_ms"),
                                                   ("server_p99_ms", "server_p99_ms"), ("ratio_vs_read_only",
                                                                                        "mix_ratio"))
                 if r[key] == r[key]]  # fmt: skip
-        recs += [record(BENCH, dataset, f"target=music@c={c}", f"{r['variant']}:{ns.index}", "req/s", [v],
+        recs += [record(bench, dataset, f"target=music@c={c}", f"{r['variant']}:{ns.index}", "req/s", [v],
                         split="loopback") for r in rows for c, v in r["unpaced"].items()]  # fmt: skip
-        update_json(BENCH, recs)
-        update_markdown(BENCH, text)
+        update_json(bench, recs)
+        update_markdown(bench, text)
     return 0
 
 
