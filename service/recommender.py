@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal, cast
@@ -150,11 +151,8 @@ class Recommender:
     async def recommend(
         self, user_id: str, domain: str, k: int, exclude_seen: bool = True, exclude: Sequence[str] = ()
     ) -> Recommendation:
-        self.active += 1
-        try:
+        with self._in_progress():
             return await self._recommend(user_id, domain, k, exclude_seen, exclude)
-        finally:
-            self.active -= 1
 
     async def _recommend(
         self, user_id: str, domain: str, k: int, exclude_seen: bool, exclude: Sequence[str]
@@ -186,11 +184,8 @@ class Recommender:
 
     async def cold_start(self, user_id: str, domain: str, k: int) -> Recommendation:
         """The bridge's answer from the user's source history (the lookup for a user new to ``domain``)."""
-        self.active += 1
-        try:
+        with self._in_progress():
             return await self._cold_start(user_id, domain, k)
-        finally:
-            self.active -= 1
 
     async def _cold_start(self, user_id: str, domain: str, k: int) -> Recommendation:
         b = self.bundle
@@ -390,7 +385,7 @@ class Recommender:
 
     async def _call(self, fn: Callable[[], Ranked]) -> Ranked:
         """One native call: on the loop without an executor or at light load (``_inline_now``), else in it."""
-        if self._executor is None or (self.batcher is not None and self._inline_now(self.batcher)):
+        if self._executor is None or self._inline_now():
             return fn()
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
@@ -407,7 +402,7 @@ class Recommender:
         cat = b.catalogues[graph.target_domain]
         index = _intent_merged(b.indexes[graph.index], graph)
         try:
-            if self.batcher is not None and not self._inline_now(self.batcher):
+            if self.batcher is not None and not self._inline_now():
                 rows, scores = await self.batcher.run(graph, index, feeds, k, excluded)
             else:
                 rows, scores = _encode_and_search(graph, index, feeds, k, excluded)
@@ -418,9 +413,18 @@ class Recommender:
         source = graph.source_domain if strategy == "bridge" else None
         return Recommendation(items, strategy, b.version, source_domain=source)
 
-    def _inline_now(self, batcher: Batcher) -> bool:
+    @contextmanager
+    def _in_progress(self) -> Iterator[None]:
+        """Count a recommend / cold-start request in ``active`` until it is answered or fails."""
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+    def _inline_now(self) -> bool:
         """Light load: few requests in progress here and nothing queued for or running in the executor."""
-        if 0 < self.active <= self.inline_max_active and batcher.idle:
+        if self.batcher is not None and 0 < self.active <= self.inline_max_active and self.batcher.idle:
             self.inlined += 1
             return True
         return False

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
@@ -304,9 +306,6 @@ class YieldingStore(FakeStore):
 
 
 def test_a_lone_request_runs_on_the_loop_and_a_crowd_goes_through_the_batcher() -> None:
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
     bundle, store = fake_bundle(), YieldingStore()
     for u in range(24):
         store.lists[(f"u{u}", "music")] = MUSIC[u : u + 3]
@@ -343,8 +342,6 @@ def test_a_lone_request_runs_on_the_loop_and_a_crowd_goes_through_the_batcher() 
 
 
 def test_inline_at_light_load_is_off_at_zero() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     bundle, store = fake_bundle(), FakeStore()
     store.lists[("u", "music")] = ["m1", "m2"]
 
